@@ -1,0 +1,125 @@
+"""The linear projection head shared by every CLIP-style model: the part activevlm models.
+
+Orientation (documented once, used everywhere): a projection is a matrix ``W`` of shape
+``[D, d_in]`` acting on column activations, ``g = W a (+ b) (+ r)``, i.e. the layout of
+``torch.nn.Linear.weight``. open_clip stores CLIP's ``visual.proj`` as ``[d_in, D]``
+(``x @ proj``); the wrapper transposes it on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from activevlm.utils.io import atomic_path, atomic_write_text
+
+
+@dataclass
+class ProjectionHead:
+    """Image and text projections plus the logit scale (and SigLIP's bias).
+
+    Shapes: ``image_weight [D, d_img]``, ``text_weight [D, d_txt]``, biases ``[D]`` or None.
+    ``logit_scale`` is the multiplier ``s = exp(log_scale)``, not its log.
+    """
+
+    image_weight: torch.Tensor
+    text_weight: torch.Tensor
+    logit_scale: float
+    image_bias: torch.Tensor | None = None
+    text_bias: torch.Tensor | None = None
+    logit_bias: float | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        D = self.image_weight.shape[0]
+        if self.text_weight.shape[0] != D:
+            raise ValueError(
+                f"image_weight has {D} output dims but text_weight has {self.text_weight.shape[0]}"
+            )
+        for name in ("image_bias", "text_bias"):
+            b = getattr(self, name)
+            if b is not None and b.shape != (D,):
+                raise ValueError(f"{name} must have shape [{D}], got {list(b.shape)}")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image_weight.shape[0]
+
+    @property
+    def image_dim(self) -> int:
+        return self.image_weight.shape[1]
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_weight.shape[1]
+
+    def image_embeddings(
+        self, act: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unnormalised image embeddings ``[N, D]`` from activations ``[N, d_img]``."""
+        g = act @ self.image_weight.T.to(act)
+        if self.image_bias is not None:
+            g = g + self.image_bias.to(act)
+        if residual is not None:
+            g = g + residual.to(act)
+        return g
+
+    def text_embeddings(self, act: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text embeddings ``[C, D]`` from activations ``[C, d_txt]``."""
+        h = act @ self.text_weight.T.to(act)
+        if self.text_bias is not None:
+            h = h + self.text_bias.to(act)
+        return h
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``s * cos(g, h) (+ b)`` for all pairs: ``[N, D] x [C, D] -> [N, C]``."""
+        out = self.logit_scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+        if self.logit_bias is not None:
+            out = out + self.logit_bias
+        return out
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """A copy with all tensors moved/cast."""
+
+        def mv(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return ProjectionHead(
+            mv(self.image_weight), mv(self.text_weight), self.logit_scale,
+            mv(self.image_bias), mv(self.text_bias), self.logit_bias, dict(self.metadata),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (scalars, metadata)."""
+        path = Path(path)
+        tensors = {"image_weight": self.image_weight, "text_weight": self.text_weight}
+        if self.image_bias is not None:
+            tensors["image_bias"] = self.image_bias
+        if self.text_bias is not None:
+            tensors["text_bias"] = self.text_bias
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        with atomic_path(path.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        meta = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias,
+                "metadata": self.metadata}
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProjectionHead:
+        path = Path(path)
+        st, js = path.with_suffix(".safetensors"), path.with_suffix(".json")
+        for p in (st, js):
+            if not p.exists():
+                raise FileNotFoundError(f"projection head file missing: {p}")
+        t = load_file(str(st))
+        meta = json.loads(js.read_text())
+        return cls(
+            t["image_weight"], t["text_weight"], float(meta["logit_scale"]),
+            t.get("image_bias"), t.get("text_bias"), meta.get("logit_bias"),
+            meta.get("metadata", {}),
+        )

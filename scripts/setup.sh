@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create ./.venv with activevlm and its pinned dependencies (CPU FAISS, dev tools).
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! command -v uv >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet --user uv || "$PY" -m pip install --quiet uv
+    export PATH="$HOME/.local/bin:$PATH"
+fi
+[ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
+# PyPI's CUDA builds of torch/torchvision run on CPU machines too (there is no CPU torchvision
+# wheel); bytecode is compiled at install because PYTHONDONTWRITEBYTECODE may be set.
+uv pip install --quiet --python .venv/bin/python --compile-bytecode \
+    -c requirements/constraints.txt -e ".[cpu,dev]"
