@@ -1,0 +1,18 @@
+"""open_clip models split into encoders (activations) and the linear projection head."""
+
+from activevlm.models.head import ProjectionHead
+from activevlm.models.registry import get_model_config, register_model_config
+from activevlm.models.towers import SUPPORTED, UnsupportedModelError
+from activevlm.models.wrapper import VLM, PretrainedUnavailableError, file_sha256, load_vlm
+
+__all__ = [
+    "SUPPORTED",
+    "VLM",
+    "PretrainedUnavailableError",
+    "ProjectionHead",
+    "UnsupportedModelError",
+    "file_sha256",
+    "get_model_config",
+    "load_vlm",
+    "register_model_config",
+]

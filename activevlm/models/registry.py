@@ -1,0 +1,83 @@
+"""Model architecture configs: open_clip's built-ins plus local JSON files registered here.
+
+open_clip's own ``add_model_config`` silently ignores a file without ``embed_dim``,
+``vision_cfg`` and ``text_cfg`` and lets a later file shadow a built-in of the same name;
+:func:`register_model_config` validates first and refuses such surprises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import open_clip
+
+REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+def _read_config(path: Path) -> dict:
+    if path.suffix != ".json":
+        raise ValueError(f"model config must be a .json file (the file stem is the name): {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {path} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"model config {path} must hold a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(
+            f"model config {path} lacks required field(s) {missing}; an open_clip config needs "
+            f"{list(REQUIRED_KEYS)}"
+        )
+    return cfg
+
+
+def register_model_config(path: str | Path) -> str:
+    """Make a local open_clip JSON config loadable by name; returns the name (the file stem).
+
+    Registering the same content twice is a no-op; a different config under a name that is
+    already known (built-in or registered) raises ``ValueError``.
+    """
+    path = Path(path)
+    cfg = _read_config(path)
+    name = path.stem
+    existing = open_clip.get_model_config(name)
+    if existing is not None:
+        if existing == cfg:
+            return name
+        raise ValueError(
+            f"model config name {name!r} (from {path}) is already registered with a different "
+            "config; rename the file"
+        )
+    open_clip.add_model_config(path)
+    if open_clip.get_model_config(name) != cfg:  # guard against open_clip changing its rules
+        raise RuntimeError(f"open_clip did not register model config {path}")
+    return name
+
+
+def get_model_config(name: str) -> dict:
+    """The architecture config for a built-in or registered model name (a copy)."""
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(
+            f"unknown model {name!r}: not an open_clip built-in and not registered "
+            "(register a local JSON config with register_model_config(path)); "
+            f"built-ins include {', '.join(open_clip.list_models()[:8])}, ..."
+        )
+    return cfg
+
+
+def config_digest(cfg: dict) -> str:
+    """A short SHA-256 of a config's canonical JSON, for cache keys."""
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def is_schema_name(name: str) -> bool:
+    """True for open_clip names that carry their own config (``hf-hub:...``, ``local-dir:...``)."""
+    return name.startswith(SCHEMA_PREFIXES)
