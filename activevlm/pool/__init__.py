@@ -1,0 +1,8 @@
+"""Feature pools: encoder outputs computed once per dataset and model, memory-mapped on disk."""
+
+from activevlm.pool.embed import embed_dataset
+from activevlm.pool.layout import PoolError
+from activevlm.pool.sharded import ShardedArray
+from activevlm.pool.store import Pool, open_pool
+
+__all__ = ["Pool", "PoolError", "ShardedArray", "embed_dataset", "open_pool"]
