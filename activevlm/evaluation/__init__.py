@@ -1,0 +1,15 @@
+"""Evaluation of zero-shot and adapted models: metric tables and reliability diagrams."""
+
+from activevlm.evaluation.reliability import reliability_diagram
+from activevlm.evaluation.zeroshot import (
+    ZeroShotPredictions,
+    evaluate_zeroshot,
+    pool_class_subset,
+    predict_zeroshot,
+    summarize,
+)
+
+__all__ = [
+    "ZeroShotPredictions", "evaluate_zeroshot", "pool_class_subset", "predict_zeroshot",
+    "reliability_diagram", "summarize",
+]
