@@ -1,0 +1,22 @@
+"""FAISS index over pool embeddings: k-NN targeting, exclusions, near-duplicate queries."""
+
+from activevlm.index.embedding_index import (
+    DEFAULT_IVF_THRESHOLD,
+    EmbeddingIndex,
+    StaleIndexError,
+    default_nlist,
+    gpu_available,
+    ids_checksum,
+)
+from activevlm.index.targeting import knn_candidates, nearest_unique
+
+__all__ = [
+    "DEFAULT_IVF_THRESHOLD",
+    "EmbeddingIndex",
+    "StaleIndexError",
+    "default_nlist",
+    "gpu_available",
+    "ids_checksum",
+    "knn_candidates",
+    "nearest_unique",
+]

@@ -1,0 +1,135 @@
+"""EPIG and BALD against brute force on a linear-softmax model with a Gaussian weight posterior.
+
+Model: p(y | x, W) = softmax(W x), x ∈ R^5, C = 4 classes, W ~ N(W*, σ²) entrywise.
+Reference: 2·10^5 explicit weight draws, explicit logits, the joint of every (pool, target)
+pair by einsum and EPIG in its KL form (not the entropy rewrite used by the library); BALD as
+the mean KL(p_k ‖ p̄) (again not the entropy form).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from activevlm.acquisition import epig_scores, get_heuristic
+from activevlm.acquisition.epig import epig_chunk_sizes
+
+D_IN, C, N_POOL, M_TARGET, SIGMA = 5, 4, 6, 5, 0.7
+K_REFERENCE = 200_000
+SEEDS = range(8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    g = torch.Generator().manual_seed(0)
+    w_star = torch.randn(C, D_IN, generator=g, dtype=torch.float64)
+    pool = torch.randn(N_POOL, D_IN, generator=g, dtype=torch.float64)
+    target = torch.randn(M_TARGET, D_IN, generator=g, dtype=torch.float64)
+    return w_star, pool, target
+
+
+def draw_weights(w_star: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    return w_star + SIGMA * torch.randn(k, *w_star.shape, generator=gen, dtype=w_star.dtype)
+
+
+def probs_of(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``[K, C, d], [N, d] -> [K, N, C]``."""
+    return torch.softmax(torch.einsum("kcd,nd->knc", w, x), dim=-1)
+
+
+def epig_kl_form(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight from the definition: mean over targets of KL(joint ‖ product of marginals)."""
+    joint = torch.einsum("knc,kmd->nmcd", p, t) / p.shape[0]
+    indep = p.mean(0)[:, None, :, None] * t.mean(0)[None, :, None, :]
+    return (joint * (joint.log() - indep.log())).sum((2, 3)).mean(1)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    w_star, pool, target = model
+    w = draw_weights(w_star, K_REFERENCE, torch.Generator().manual_seed(12345))
+    p, t = probs_of(w, pool), probs_of(w, target)
+    bald_ref = (p * (p.log() - p.mean(0).log())).sum(-1).mean(0)
+    return epig_kl_form(p, t), bald_ref
+
+
+def mean_over_seeds(model, k: int, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(EPIG, BALD) ``[N]`` averaged over seeds. ``joint=False`` is the counterfactual of the
+    reference code: every input gets its own independent weight draws."""
+    w_star, pool, target = model
+    epigs, balds = [], []
+    for s in SEEDS:
+        gen = torch.Generator().manual_seed(1000 + s)
+        if joint:
+            w = draw_weights(w_star, k, gen)
+            p, t = probs_of(w, pool), probs_of(w, target)
+        else:
+            p = torch.cat([probs_of(draw_weights(w_star, k, gen), x[None]) for x in pool], 1)
+            t = torch.cat([probs_of(draw_weights(w_star, k, gen), x[None]) for x in target], 1)
+        epigs.append(get_heuristic("epig")(p, target_probs=t))
+        balds.append(get_heuristic("bald")(p))
+    return torch.stack(epigs).mean(0), torch.stack(balds).mean(0)
+
+
+def test_identities_on_the_same_draws(model):
+    """Entropy rewrite + chunked matmuls == KL form on identical draws (float64 round-off)."""
+    w_star, pool, target = model
+    w = draw_weights(w_star, 300, torch.Generator().manual_seed(7))
+    p, t = probs_of(w, pool), probs_of(w, target)
+    expected = epig_kl_form(p, t)
+    for max_elements in (C * C, 3 * C * C, 1 << 20):  # 1x1 blocks, ragged blocks, one block
+        torch.testing.assert_close(epig_scores(p, t, max_elements=max_elements), expected,
+                                   rtol=0, atol=1e-12)
+    bald_kl = (p * (p.log() - p.mean(0).log())).sum(-1).mean(0)
+    torch.testing.assert_close(get_heuristic("bald")(p), bald_kl, rtol=0, atol=1e-12)
+    # float32 inputs: same numbers to float32 accuracy
+    torch.testing.assert_close(epig_scores(p.float(), t.float()).double(), expected,
+                               rtol=0, atol=2e-6)
+
+
+def test_epig_and_bald_match_brute_force_and_do_not_decay(model, reference):
+    epig_ref, bald_ref = reference
+    assert epig_ref.min() > 1e-3  # the test is only meaningful when there is something to find
+
+    ours_100, bald_100 = mean_over_seeds(model, 100, joint=True)
+    ours_1600, bald_1600 = mean_over_seeds(model, 1600, joint=True)
+    indep_100, _ = mean_over_seeds(model, 100, joint=False)
+    indep_1600, _ = mean_over_seeds(model, 1600, joint=False)
+    total = {name: float(v.sum()) for name, v in [
+        ("ref", epig_ref), ("ours_100", ours_100), ("ours_1600", ours_1600),
+        ("indep_100", indep_100), ("indep_1600", indep_1600)]}
+
+    # Joint draws converge to the brute-force value: 15 % per item, 8 % summed over the pool
+    # (measured: <= 6 % and 3 %).
+    torch.testing.assert_close(ours_1600, epig_ref, rtol=0.15, atol=0)
+    assert abs(total["ours_1600"] - total["ref"]) <= 0.08 * total["ref"]
+    # ... and stay put between K = 100 and 1600: only the O(1/K) upward bias of the plug-in
+    # estimator separates them (measured +25 % at K = 100), never a collapse.
+    assert total["ours_100"] >= 0.95 * total["ref"]
+    assert abs(total["ours_100"] - total["ours_1600"]) <= 0.35 * total["ours_1600"]
+    # Independent per-input draws: the "joint" is a product of marginals, the estimate is
+    # pure finite-K bias and decays like 1/K (measured 0.0194 -> 0.0013, true 0.056).
+    assert total["indep_1600"] <= 0.05 * total["ref"]
+    assert total["indep_100"] >= 8 * total["indep_1600"]
+    assert total["indep_100"] <= 0.5 * total["ours_100"]
+
+    # BALD: 5 % per item at K = 1600 (measured <= 2 %), 15 % at K = 100.
+    torch.testing.assert_close(bald_1600, bald_ref, rtol=0.05, atol=0)
+    torch.testing.assert_close(bald_100, bald_ref, rtol=0.15, atol=0)
+
+
+def test_epig_validates_shapes():
+    p = torch.full((3, 4, 5), 0.2)
+    with pytest.raises(ValueError, match="same K joint draws"):
+        epig_scores(p, torch.full((2, 6, 5), 0.2))
+    with pytest.raises(ValueError, match="empty"):
+        epig_scores(p, torch.full((3, 0, 5), 0.2))
+    with pytest.raises(ValueError, match=r"\[K, N, C\]"):
+        epig_scores(p[0], p)
+
+
+def test_chunk_sizes_bound_memory():
+    for n, m, c, budget in [(10**6, 1000, 65, 1 << 23), (5, 3, 4, 16), (7, 2000, 10, 999)]:
+        nc, mc = epig_chunk_sizes(n, m, c, budget)
+        assert 1 <= nc <= n and 1 <= mc <= m
+        assert nc * mc * c * c <= max(budget, c * c)
