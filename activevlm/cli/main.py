@@ -21,7 +21,34 @@ app = typer.Typer(
 )
 
 # --- command registration (one line per module) ---
+from activevlm.cli import embed as _embed  # noqa: E402
 
+app.command("embed")(_embed.embed)
+
+from activevlm.cli import vilu as _vilu  # noqa: E402
+
+app.add_typer(_vilu.app, name="vilu")
+
+from activevlm.cli import demo as _demo  # noqa: E402
+
+app.command("demo")(_demo.demo)
+
+from activevlm.cli import runs as _runs  # noqa: E402
+
+app.add_typer(_runs.labels_app, name="labels")
+app.command("status")(_runs.status)
+
+from activevlm.cli import posterior as _posterior  # noqa: E402
+
+app.add_typer(_posterior.app, name="posterior")
+
+from activevlm.cli import zeroshot as _zeroshot  # noqa: E402
+
+app.command("zeroshot")(_zeroshot.zeroshot)
+
+from activevlm.cli import select as _select  # noqa: E402
+
+app.command("select")(_select.select)
 
 if __name__ == "__main__":
     app()

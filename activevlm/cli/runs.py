@@ -1,0 +1,48 @@
+"""``activevlm labels import`` and ``activevlm status``: the human side of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from activevlm.runs import RunState, import_labels
+
+console = Console()
+labels_app = typer.Typer(help="Bring labels back into a run.", no_args_is_help=True)
+
+
+@labels_app.command("import")
+def labels_import(
+    file: Path = typer.Argument(..., help="CSV (sample_id,label) or Label Studio JSON export."),
+    run: Path = typer.Option(..., "--run", help="Run directory written by `activevlm select`."),
+) -> None:
+    """Validate FILE completely, then record its labels in the run (atomically)."""
+    from activevlm.pool import open_pool
+
+    state = RunState.load(run)
+    pool = open_pool(state.pool)
+    report = import_labels(state, file, set(pool.items["sample_id"]))
+    console.print(
+        f"[green]{report.new} new[/], {report.unchanged} unchanged, {report.changed} relabelled, "
+        f"{len(report.skipped)} skipped; run {run} now has {len(state.labels)} labels "
+        f"and {len(state.queued)} items still queued."
+    )
+
+
+def status(run: Path = typer.Option(..., "--run", help="Run directory.")) -> None:
+    """Show rounds, labels and the pending queue of a run."""
+    state = RunState.load(run)
+    console.print(f"run [bold]{run}[/]  pool {state.pool}  model {state.model_id}")
+    table = Table("round", "strategy", "budget", "selected", "seed", "queue")
+    for i, r in enumerate(state.rounds):
+        table.add_row(str(i), str(r.get("strategy")), str(r.get("budget")),
+                      str(r.get("selected")), str(r.get("seed")), str(state.round_dir(i)))
+    console.print(table)
+    per_class = {}
+    for y in state.labels.values():
+        per_class[state.classnames[y]] = per_class.get(state.classnames[y], 0) + 1
+    console.print(f"labels: {len(state.labels)} over {len(per_class)} classes; "
+                  f"queued (awaiting labels): {len(state.queued)}; skipped: {len(state.ignored)}")

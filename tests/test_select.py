@@ -1,0 +1,172 @@
+"""Selection rounds, queues and the select -> label -> select loop through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from activevlm.bayes.from_pool import fit_pool_posterior
+from activevlm.cli.main import app
+from activevlm.runs import RunState
+from activevlm.runs import select as select_module
+from activevlm.runs.select import SelectConfig, select_round
+from tests.toy import toy_pool
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return toy_pool(tmp_path_factory.mktemp("toy"), domains=("photo", "sketch", "art"), per=10)
+
+
+@pytest.fixture(scope="module")
+def posterior(pool):
+    return fit_pool_posterior(pool, split="train", progress=False)
+
+
+def new_state(pool, path):
+    return RunState.create(path, str(pool.path), pool.model_id, pool.classnames)
+
+
+def queued_ids(result):
+    return list(result.queue["sample_id"])
+
+
+def test_epig_round_queues_unlabelled_train_items(pool, posterior, tmp_path):
+    state = new_state(pool, tmp_path / "run")
+    config = SelectConfig(budget=7, strategy="epig", target_domain="sketch", n_draws=20)
+    result = select_round(pool, state, config, posterior=posterior, progress=False)
+    q = result.queue
+    assert len(q) == 7 and q["sample_id"].is_unique
+    train = set(pool.items.loc[pool.items["split"] == "train", "sample_id"])
+    assert set(q["sample_id"]) <= train
+    assert (np.diff(q["score"]) <= 1e-12).all()  # top-k: best first
+    assert set(q["predicted_label"]) <= set(pool.classnames)
+    for kind in ("parquet", "csv", "labelstudio", "scores"):
+        assert result.paths[kind].exists()
+    scores = pd.read_parquet(result.paths["scores"])
+    assert len(scores) == len(train)  # every candidate was scored
+    reloaded = RunState.load(state.path)
+    assert reloaded.round == 1 and set(reloaded.queued) == set(q["sample_id"])
+
+    second = select_round(pool, reloaded, config, posterior=posterior, progress=False)
+    assert not set(queued_ids(second)) & set(q["sample_id"])
+    assert second.round == 1
+
+
+def test_same_seed_same_selection_other_seed_differs(pool, posterior, tmp_path):
+    def pick(seed, name):
+        cfg = SelectConfig(budget=8, strategy="bald", n_draws=10, seed=seed,
+                           batch="stochastic")
+        return queued_ids(select_round(pool, new_state(pool, tmp_path / name), cfg,
+                                       posterior=posterior, progress=False))
+
+    assert pick(3, "a") == pick(3, "b")
+    assert pick(3, "a2") != pick(4, "c")
+
+
+def test_targeted_selection_maps_targets_to_unique_pool_neighbours(pool, posterior, tmp_path):
+    state = new_state(pool, tmp_path / "run")
+    state.labels[pool.items["sample_id"].iloc[0]] = 0
+    config = SelectConfig(budget=6, strategy="entropy", target_domain="sketch", targeted=True)
+    q = select_round(pool, state, config, progress=False).queue
+    assert len(q) == 6 and q["sample_id"].is_unique
+    assert pool.items["sample_id"].iloc[0] not in set(q["sample_id"])
+    train = set(pool.items.loc[pool.items["split"] == "train", "sample_id"])
+    assert set(q["sample_id"]) <= train
+
+
+def test_class_balanced_and_dedup(pool, tmp_path):
+    cfg = SelectConfig(budget=8, strategy="margin", class_balanced=True)
+    q = select_round(pool, new_state(pool, tmp_path / "a"), cfg, progress=False).queue
+    assert len(q) == 8
+    # every selected item must be at most one class ahead of the others in the round robin
+    counts = q["predicted_label"].value_counts()
+    assert counts.max() - counts.min() <= 1 or len(counts) == 1
+    cfg = SelectConfig(budget=8, strategy="random", dedup_similarity=0.999999)
+    assert len(select_round(pool, new_state(pool, tmp_path / "b"), cfg,
+                            progress=False).queue) == 8
+
+
+def test_interrupted_round_leaves_state_and_is_reproduced(pool, posterior, tmp_path,
+                                                          monkeypatch):
+    config = SelectConfig(budget=5, strategy="bald", n_draws=10)
+    clean = queued_ids(select_round(pool, new_state(pool, tmp_path / "clean"), config,
+                                    posterior=posterior, progress=False))
+    state = new_state(pool, tmp_path / "crash")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the queue")
+
+    monkeypatch.setattr(select_module, "write_queue", crash)
+    with pytest.raises(KeyboardInterrupt):
+        select_round(pool, state, config, posterior=posterior, progress=False)
+    monkeypatch.undo()
+    resumed = RunState.load(state.path)
+    assert resumed.round == 0 and resumed.queued == {}
+    again = select_round(pool, resumed, config, posterior=posterior, progress=False)
+    assert queued_ids(again) == clean
+
+
+def test_bad_configs_name_the_problem(pool, tmp_path):
+    state = new_state(pool, tmp_path / "run")
+    with pytest.raises(ValueError, match="target"):
+        select_round(pool, state, SelectConfig(strategy="epig"), progress=False)
+    with pytest.raises(ValueError, match="unknown strategy 'best'"):
+        select_round(pool, state, SelectConfig(strategy="best"), progress=False)
+    with pytest.raises(ValueError, match="domain='moon'"):
+        select_round(pool, state, SelectConfig(strategy="entropy", target_domain="moon",
+                                               targeted=True), progress=False)
+    with pytest.raises(ValueError, match="vilu"):
+        select_round(pool, state, SelectConfig(strategy="vilu"), progress=False)
+
+
+def test_cli_select_label_import_status_and_resume(pool, tmp_path):
+    run = tmp_path / "run"
+    args = ["select", "--pool", str(pool.path), "--run", str(run), "--budget", "6",
+            "--strategy", "epig", "--target", "sketch", "--draws", "10", "--no-progress"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "queued 6 items" in out.output
+    assert (run / "posterior" / "posterior.json").exists()  # fitted once, cached in the run
+    queue = pd.read_csv(run / "round_000" / "queue.csv")
+
+    # a labeller answers 4, skips 1 (Label Studio) and leaves 1 pending
+    truth = pool.items.set_index("sample_id")["label"]
+    tasks = json.loads((run / "round_000" / "queue.labelstudio.json").read_text())
+    export = []
+    for i, task in enumerate(tasks[:5]):
+        sid = task["data"]["sample_id"]
+        result = [] if i == 4 else [{"type": "choices", "value": {
+            "choices": [pool.classnames[truth[sid]]]}}]
+        export.append({"data": task["data"], "annotations": [
+            {"was_cancelled": i == 4, "result": result}]})
+    export_file = tmp_path / "export.json"
+    export_file.write_text(json.dumps(export))
+    out = runner.invoke(app, ["labels", "import", str(export_file), "--run", str(run)])
+    assert out.exit_code == 0, out.output
+    assert "4 new" in out.output and "1 skipped" in out.output
+    again = runner.invoke(app, ["labels", "import", str(export_file), "--run", str(run)])
+    assert "0 new, 4 unchanged" in again.output
+
+    state = RunState.load(run)
+    assert {sid: y for sid, y in state.labels.items()} == {
+        sid: int(truth[sid]) for sid in queue["sample_id"][:4]}
+    status = runner.invoke(app, ["status", "--run", str(run)])
+    assert status.exit_code == 0 and "labels: 4" in status.output
+
+    out = runner.invoke(app, args)  # resumed run: round 1, nothing queued twice
+    assert out.exit_code == 0, out.output
+    second = pd.read_csv(run / "round_001" / "queue.csv")
+    assert not set(second["sample_id"]) & set(queue["sample_id"])
+    assert RunState.load(run).round == 2
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
+    out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
+    assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
