@@ -32,7 +32,9 @@ def _read_csv(path: Path) -> tuple[dict[str, str], list[str]]:
         raise ValueError(f"{path}: not a readable CSV ({e})") from e
     missing = {"sample_id", "label"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: CSV needs the columns sample_id,label; missing {sorted(missing)}")
+        raise ValueError(
+            f"{path}: CSV needs the columns sample_id,label; missing {sorted(missing)}"
+        )
     labelled = df[df["label"].str.strip() != ""]
     skipped = df.loc[df["label"].str.strip() == "", "sample_id"].tolist()
     dupes = labelled["sample_id"][labelled["sample_id"].duplicated()].unique().tolist()
@@ -64,7 +66,9 @@ def _read_label_studio(path: Path) -> tuple[dict[str, str], list[str]]:
     for i, task in enumerate(tasks):
         sid = (task.get("data") or {}).get("sample_id")
         if sid is None:
-            raise ValueError(f"{path}: task #{i} has no data.sample_id (was it queued by activevlm?)")
+            raise ValueError(
+                f"{path}: task #{i} has no data.sample_id (was it queued by activevlm?)"
+            )
         choice = _ls_choice(task)
         if choice is None:
             skipped.append(str(sid))
@@ -101,7 +105,8 @@ def resolve_labels(raw: dict[str, str], classnames: list[str], source: str) -> d
     if unknown:
         raise ValueError(
             f"{source}: unknown class label(s) {sorted(unknown)[:20]}; expected one of the "
-            f"{len(classnames)} class names (e.g. {classnames[:5]}) or an id in 0..{len(classnames) - 1}"
+            f"{len(classnames)} class names (e.g. {classnames[:5]}) "
+            f"or an id in 0..{len(classnames) - 1}"
         )
     return out
 
