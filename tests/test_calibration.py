@@ -56,6 +56,17 @@ def test_against_sklearn_and_brute_force():
     assert ece(p, y) == pytest.approx(total)
 
 
+def test_confidences_at_bin_edges_follow_the_b_over_n_rule():
+    # bin b is (b/n, (b+1)/n] with b/n correctly rounded; ceil(conf·n) misplaces e.g. 0.14 with
+    # n = 50 (0.14·50 rounds up to 7.000000000000001) and the float just above 0.85 with n = 20
+    for n_bins, conf in [(50, 0.14), (50, 0.28), (20, np.nextafter(0.85, 1.0)), (20, 0.15),
+                         (20, 1.0), (15, np.nextafter(11 / 15, 1.0))]:
+        curve = reliability_curve(np.array([[conf, 0.0]]), np.array([0]), n_bins=n_bins)
+        b = int(np.flatnonzero(curve["count"].to_numpy())[0])
+        assert b / n_bins < conf <= (b + 1) / n_bins, (n_bins, conf, b)
+        assert curve["bin_upper"][b] == (b + 1) / n_bins
+
+
 def test_reliability_curve_columns_and_counts():
     p, y = _random(n=300, seed=1)
     curve = reliability_curve(p, y, n_bins=20)

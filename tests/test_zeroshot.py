@@ -6,13 +6,10 @@ tiny SigLIP (residual, biases, sigmoid link) whose dataset records a ``class_sub
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from sklearn.metrics import log_loss
 from typer.testing import CliRunner
 
@@ -20,42 +17,16 @@ from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.bayes.probcosine import logit_moments, mc_probs, probit_probs
 from activevlm.cli.main import app
-from activevlm.data import ImageDataset
 from activevlm.evaluation import evaluate_zeroshot, predict_zeroshot, reliability_diagram
-from activevlm.models import load_vlm, register_model_config
-from activevlm.pool import embed_dataset
+from tests.toy import toy_pool
 
 torch.set_num_threads(2)
-CONFIGS = Path(__file__).parent / "fixtures" / "model_configs"
-CLASSES = ["cat", "dog", "boat", "tree"]
 runner = CliRunner()
 
 
-def make_dataset(root: Path, captions: bool, class_subset=None, per=3) -> ImageDataset:
-    rng = np.random.default_rng(0)
-    rows = []
-    for label, c in enumerate(CLASSES):
-        for domain in ("photo", "sketch"):
-            for i in range(per):
-                path = root / domain / c / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
-                rows.append({"sample_id": f"{domain}/{c}/{i}.png", "path": str(path),
-                             "label": label, "domain": domain,
-                             "split": "train" if i < per - 1 else "test",
-                             **({"caption": f"a {domain} of a {c}"} if captions else {})})
-    items = pd.DataFrame(rows)
-    if class_subset is not None:
-        items = items[items["label"].isin(class_subset)]
-    desc = {"layout": "test"} | ({"class_subset": class_subset} if class_subset else {})
-    return ImageDataset("toy", root, CLASSES, items, desc, class_subset)
-
-
 def _pool(tmp_path_factory, config: str, captions: bool, class_subset=None):
-    root = tmp_path_factory.mktemp(config)
-    ds = make_dataset(root / "images", captions, class_subset)
-    vlm = load_vlm(register_model_config(CONFIGS / f"{config}.json"), device="cpu")
-    return embed_dataset(ds, vlm, root / "pool", batch_size=16, progress=False)
+    return toy_pool(tmp_path_factory.mktemp(config), config, per=3, captions=captions,
+                    splits=("train", "train", "test"), class_subset=class_subset)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,11 @@ SPLITS = ("train", "train", "train", "val", "test")
 
 
 def toy_dataset(root: Path, domains=("photo", "sketch"), per: int = 5, captions: bool = True,
-                seed: int = 0) -> ImageDataset:
-    """``per`` random 24x24 images per (domain, class); splits cycle through ``SPLITS``."""
+                seed: int = 0, splits: tuple[str, ...] = SPLITS,
+                class_subset: list[int] | None = None) -> ImageDataset:
+    """``per`` random 24x24 images per (domain, class); image ``i`` gets split
+    ``splits[i % len(splits)]``. ``class_subset``: keep only those labels and record the subset
+    (as the ImageNet-R/A layouts do)."""
     rng = np.random.default_rng(seed)
     rows = []
     for label, c in enumerate(CLASSES):
@@ -29,9 +32,13 @@ def toy_dataset(root: Path, domains=("photo", "sketch"), per: int = 5, captions:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
                 rows.append({"sample_id": f"{domain}/{c}/{i}.png", "path": str(path),
-                             "label": label, "domain": domain, "split": SPLITS[i % len(SPLITS)],
+                             "label": label, "domain": domain, "split": splits[i % len(splits)],
                              **({"caption": f"a {domain} of a {c}"} if captions else {})})
-    return ImageDataset("toy", root, CLASSES, pd.DataFrame(rows), {"layout": "toy"})
+    items = pd.DataFrame(rows)
+    if class_subset is not None:
+        items = items[items["label"].isin(class_subset)]
+    desc = {"layout": "toy"} | ({"class_subset": class_subset} if class_subset else {})
+    return ImageDataset("toy", root, CLASSES, items, desc, class_subset)
 
 
 def toy_pool(root: Path, config: str = "tiny-clip", **dataset_options):

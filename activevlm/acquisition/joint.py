@@ -11,23 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ProjectionHead, augment, stack_bias
 from activevlm.utils.device import resolve_device
-
-
-def as_tensor(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A tensor on ``device``/``dtype`` from a tensor, ndarray or array-like chunk."""
-    if not isinstance(x, torch.Tensor):
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
-    return x.to(device=device, dtype=dtype)
-
-
-def _with_ones(act: torch.Tensor) -> torch.Tensor:
-    return torch.cat([act, act.new_ones(act.shape[0], 1)], dim=1)
+from activevlm.utils.tensors import to_tensor
 
 
 @dataclass
@@ -104,11 +93,10 @@ class JointDraws:
                 f"image_weights has {image_weights.shape[0]} draws, text_weights "
                 f"{text_weights.shape[0]}: joint draws come in pairs"
             )
-        t = as_tensor(text_act, dev, dtype)
+        t = to_tensor(text_act, dev, dtype)
         if t.ndim != 2 or t.shape[1] != head.text_dim:
             raise ValueError(f"text_act must be [C, {head.text_dim}], got {list(t.shape)}")
-        if txt_bias:
-            t = _with_ones(t)
+        t = augment(t, txt_bias)
         w_txt = text_weights.to(device=dev, dtype=dtype)
         h = F.normalize(torch.matmul(w_txt, t.T).transpose(1, 2), dim=-1)  # [K, C, D]
         return cls(
@@ -126,11 +114,8 @@ class JointDraws:
         dtype: torch.dtype = torch.float32,
     ) -> JointDraws:
         """The deterministic (MAP) head as a single draw, K = 1."""
-        def with_bias(w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-            return w if b is None else torch.cat([w, b[:, None]], dim=1)
-
-        img = with_bias(head.image_weight, head.image_bias)[None]
-        txt = with_bias(head.text_weight, head.text_bias)[None]
+        img = stack_bias(head.image_weight, head.image_bias)[None]
+        txt = stack_bias(head.text_weight, head.text_bias)[None]
         return cls.from_weights(img, txt, text_act, head, device=device, dtype=dtype)
 
     @classmethod
@@ -153,15 +138,14 @@ class JointDraws:
     def logits(self, act, residual=None) -> torch.Tensor:
         """``s·cos(g_k, h_k,c) (+ b)`` for a chunk: act ``[n, d_img]`` (+ residual ``[n, D]``)
         -> ``[K, n, C]``."""
-        a = as_tensor(act, self.device, self.dtype)
+        a = to_tensor(act, self.device, self.dtype)
         d_img = self.image_weight.shape[2] - int(self.image_bias_column)
         if a.ndim != 2 or a.shape[1] != d_img:
             raise ValueError(f"activations must be [n, {d_img}], got {list(a.shape)}")
-        if self.image_bias_column:
-            a = _with_ones(a)
+        a = augment(a, self.image_bias_column)
         g = torch.matmul(self.image_weight, a.T)  # [K, D, n]
         if residual is not None:
-            g = g + as_tensor(residual, self.device, self.dtype).T
+            g = g + to_tensor(residual, self.device, self.dtype).T
         g = F.normalize(g, dim=1)
         out = self.logit_scale * torch.matmul(self.text_embeddings, g).transpose(1, 2)
         if self.logit_bias is not None:

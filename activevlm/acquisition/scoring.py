@@ -7,7 +7,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from activevlm.acquisition.heuristics import Heuristic, get_heuristic
-from activevlm.acquisition.joint import JointDraws, as_tensor
+from activevlm.acquisition.joint import JointDraws
+from activevlm.utils.tensors import to_tensor
 
 
 def score_pool(
@@ -44,7 +45,7 @@ def score_pool(
                 f"got {list(target_probs.shape)}"
             )
         target_probs = target_probs.to(device=draws.device, dtype=draws.dtype)
-    ext = None if external_scores is None else as_tensor(external_scores, draws.device,
+    ext = None if external_scores is None else to_tensor(external_scores, draws.device,
                                                          torch.float64)
     if not h.uses_probs:
         placeholder = torch.empty(0, n, 0, device=draws.device)

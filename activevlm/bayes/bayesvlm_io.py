@@ -9,13 +9,13 @@ projection is stored as ``x @ proj`` or as ``Linear.weight``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior, map_weight
 from activevlm.models.head import ProjectionHead
+from activevlm.utils.io import read_json
 
 PRIOR_FILE = "prior_precision_analytic.json"
 
@@ -47,7 +47,7 @@ def from_bayesvlm_files(
     prior_path = folder / PRIOR_FILE
     if not prior_path.exists():
         raise FileNotFoundError(f"BayesVLM prior file missing: {prior_path}")
-    prior = json.loads(prior_path.read_text())
+    prior = read_json(prior_path)
     posts = {}
     for key, name, W, has_bias in (
         ("img", "image", map_weight(head.image_weight, head.image_bias),

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ProjectionHead, augment
 from activevlm.utils.device import resolve_device
+from activevlm.utils.tensors import row_chunks, to_tensor
 
 LOSSES = ("infonce", "sigmoid")
 MODES = ("pairs", "labels")
@@ -94,12 +95,6 @@ def ggn_sum(
     return logit_scale ** 2 * S
 
 
-def _rows(src: ActivationSource, start: int, stop: int, device, dtype) -> torch.Tensor:
-    x = src[start:stop]
-    x = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-    return x.to(device=device, dtype=dtype)
-
-
 def _check_dim(name: str, src: ActivationSource, dim: int) -> int:
     if len(src.shape) != 2 or src.shape[1] != dim:
         raise ValueError(f"{name} must have shape [N, {dim}] to match the head, "
@@ -118,8 +113,7 @@ class _Accumulator:
         self.n = 0
 
     def add_activations(self, a: torch.Tensor) -> None:
-        if self.has_bias:
-            a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+        a = augment(a, self.has_bias)
         self.A += (a.T @ a).double()
 
     def add_ggn(self, g: torch.Tensor, Y: torch.Tensor, head: ProjectionHead, loss: str,
@@ -194,19 +188,18 @@ def estimate_kfac(
     txt = _Accumulator(h.text_dim, D, h.text_bias is not None, dev)
 
     if mode == "labels":
-        t_all = _rows(text_act, 0, N_txt, dev, dtype)
+        t_all = to_tensor(text_act[:], dev, dtype)
         h_all = h.text_embeddings(t_all)
         Y_txt = F.normalize(h_all, dim=-1)
     n_batches = math.ceil(N / batch_size)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"KFAC ({mode}, {loss})", total=n_batches)
-        for start in range(0, N, batch_size):
-            stop = min(start + batch_size, N)
-            a = _rows(image_act, start, stop, dev, dtype)
-            r = None if image_residual is None else _rows(image_residual, start, stop, dev, dtype)
+        for rows in row_chunks(N, batch_size):
+            a = to_tensor(image_act[rows], dev, dtype)
+            r = None if image_residual is None else to_tensor(image_residual[rows], dev, dtype)
             g = h.image_embeddings(a, r)
             if mode == "pairs":
-                t = _rows(text_act, start, stop, dev, dtype)
+                t = to_tensor(text_act[rows], dev, dtype)
                 ht = h.text_embeddings(t)
                 Y_txt = F.normalize(ht, dim=-1)
             else:

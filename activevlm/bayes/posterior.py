@@ -8,7 +8,6 @@ stored; the ``(d·D)²`` covariance is never formed. The two modalities are inde
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,20 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from activevlm.bayes.evidence import log_evidence, optimize_prior_precision
 from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
-from activevlm.models.head import ProjectionHead
-from activevlm.utils.io import atomic_path, atomic_write_json
+from activevlm.models.head import ProjectionHead, augment, stack_bias
+from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 _TENSORS_FILE = "posterior.safetensors"
 _META_FILE = "posterior.json"
 _HEAD_FILE = "head"
-
-
-def augment(act: torch.Tensor, has_bias: bool) -> torch.Tensor:
-    """``[N, d_in] -> [N, d_in + 1]`` with a constant-1 column when ``has_bias``, else unchanged."""
-    if not has_bias:
-        return act
-    return torch.cat([act, act.new_ones(act.shape[0], 1)], dim=1)
 
 
 def _sym_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +165,26 @@ class ModalityPosterior:
         self, prior_precision: float | None = None, pseudo_count: float | None = None
     ) -> ModalityPosterior:
         """A copy with another λ and/or n (eigendecompositions of A and B are reused)."""
-        new = ModalityPosterior(
+        return self._reusing_eigs(ModalityPosterior(
             self.W_map, self.A, self.B,
             self.prior_precision if prior_precision is None else prior_precision,
             self.pseudo_count if pseudo_count is None else pseudo_count,
             self.has_bias,
-        )
+        ))
+
+    def recentred(self, W_map: torch.Tensor) -> ModalityPosterior:
+        """A copy centred on ``W_map [D, d]`` (same A, B, λ, n; cast to this ``W_map``'s
+        dtype/device; eigendecompositions reused)."""
+        if tuple(W_map.shape) != tuple(self.W_map.shape):
+            raise ValueError(f"new W_map has shape {list(W_map.shape)}, the posterior's is "
+                             f"{list(self.W_map.shape)}")
+        return self._reusing_eigs(ModalityPosterior(
+            W_map.to(self.W_map), self.A, self.B, self.prior_precision, self.pseudo_count,
+            self.has_bias,
+        ))
+
+    def _reusing_eigs(self, new: ModalityPosterior) -> ModalityPosterior:
+        """``new`` (same A and B as ``self``) with ``self``'s cached eigendecompositions."""
         for name in ("eig_A", "eig_B"):
             if name in self.__dict__:
                 new.__dict__[name] = self.__dict__[name]
@@ -217,9 +223,8 @@ class JointWeightSample:
 
 
 def map_weight(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``[D, d_in]`` (+ bias ``[D]``) -> ``[D, d_in(+1)]`` float32."""
-    W = weight.detach().float()
-    return W if bias is None else torch.cat([W, bias.detach().float()[:, None]], dim=1)
+    """``[D, d_in]`` (+ bias ``[D]``) -> ``[D, d_in(+1)]`` float32 (see ``stack_bias``)."""
+    return stack_bias(weight.detach(), None if bias is None else bias.detach()).float()
 
 
 @dataclass
@@ -372,7 +377,7 @@ class BayesVLMPosterior:
         for p in (folder / _TENSORS_FILE, folder / _META_FILE):
             if not p.exists():
                 raise FileNotFoundError(f"posterior file missing: {p}")
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = read_json(folder / _META_FILE)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder / _META_FILE}: format_version "
                              f"{meta.get('format_version')!r}, expected {FORMAT_VERSION}")

@@ -29,11 +29,11 @@ Class probabilities (``link``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 import torch
+
+from activevlm.utils.tensors import row_chunks, to_tensor
 
 Variant = Literal["full", "diag"]
 Link = Literal["softmax", "sigmoid"]
@@ -96,19 +96,6 @@ class _TextSide:
         return mean, var_dot / norm
 
 
-def _as_tensor(x, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-
-
-def _chunks(n: int, size: int) -> Iterator[slice]:
-    if size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {size}")
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
 def _check_inputs(img_act, txt_act, residual) -> None:
     n = len(img_act)
     if residual is not None and len(residual) != n:
@@ -137,15 +124,15 @@ def logit_moments(
     _check_inputs(img_act, txt_act, residual)
     B_img, B_txt = posterior.image.B_inv, posterior.text.B_inv
     dtype, device = B_img.dtype, B_img.device
-    mu_h, v_h = posterior.text.embedding_moments(_as_tensor(txt_act, dtype, device))
+    mu_h, v_h = posterior.text.embedding_moments(to_tensor(txt_act, device, dtype))
     text = _TextSide(mu_h, v_h, B_img, B_txt.to(B_img), variant)
     s, b = float(posterior.head.logit_scale), posterior.head.logit_bias
     n, C = len(img_act), len(txt_act)
     mean = torch.empty(n, C, dtype=dtype, device=device)
     var = torch.empty(n, C, dtype=dtype, device=device)
-    for sl in _chunks(n, chunk_size):
-        res = None if residual is None else _as_tensor(residual[sl], dtype, device)
-        mu_g, v_g = posterior.image.embedding_moments(_as_tensor(img_act[sl], dtype, device), res)
+    for sl in row_chunks(n, chunk_size):
+        res = None if residual is None else to_tensor(residual[sl], device, dtype)
+        mu_g, v_g = posterior.image.embedding_moments(to_tensor(img_act[sl], device, dtype), res)
         m, v = text.moments(mu_g, v_g)
         mean[sl] = s * m + (0.0 if b is None else float(b))
         var[sl] = (s * s) * v
@@ -187,16 +174,16 @@ def mc_logits(
     draws = posterior.sample(k, generator)
     W_img, W_txt = draws.image, draws.text  # [k, D, d_img(+1)], [k, D, d_txt(+1)]
     dtype, device = W_img.dtype, W_img.device
-    t = posterior.text.augment(_as_tensor(txt_act, dtype, device))
+    t = posterior.text.augment(to_tensor(txt_act, device, dtype))
     h = torch.nn.functional.normalize(torch.einsum("kdi,ci->kcd", W_txt, t), dim=-1)
     s, b = float(posterior.head.logit_scale), posterior.head.logit_bias
     n = len(img_act)
     out = torch.empty(k, n, len(txt_act), dtype=dtype, device=device)
-    for sl in _chunks(n, chunk_size):
-        a = posterior.image.augment(_as_tensor(img_act[sl], dtype, device))
+    for sl in row_chunks(n, chunk_size):
+        a = posterior.image.augment(to_tensor(img_act[sl], device, dtype))
         g = torch.einsum("kdi,ni->knd", W_img, a)
         if residual is not None:
-            g = g + _as_tensor(residual[sl], dtype, device)
+            g = g + to_tensor(residual[sl], device, dtype)
         g = torch.nn.functional.normalize(g, dim=-1)
         out[:, sl] = s * torch.einsum("knd,kcd->knc", g, h) + (0.0 if b is None else float(b))
     return out

@@ -35,7 +35,7 @@ import torch
 
 from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ProjectionHead, stack_bias
 
 REFIT_MODES = ("none", "recentre", "recentre+update")
 
@@ -77,22 +77,6 @@ def combine_factor(
         raise ValueError(f"sample counts must be >= 0 with a positive total, got {n1}, {n2}")
     F1, F2 = F1.detach().double().cpu(), F2.detach().double().cpu()
     return (math.sqrt(n1) * F1 + math.sqrt(n2) * F2) / math.sqrt(n1 + n2)
-
-
-def _stacked(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``[D, d_in]`` (+ bias ``[D]``) -> ``[D, d_in(+1)]``, the layout of ``W_map``."""
-    W = weight.detach()
-    return W if bias is None else torch.cat([W, bias.detach()[:, None].to(W)], dim=1)
-
-
-def _recentred(post: ModalityPosterior, W: torch.Tensor) -> ModalityPosterior:
-    """``post`` with ``W_map = W`` (cached eigendecompositions of A and B are kept)."""
-    new = ModalityPosterior(W.to(post.W_map), post.A, post.B, post.prior_precision,
-                            post.pseudo_count, post.has_bias)
-    for name in ("eig_A", "eig_B"):
-        if name in post.__dict__:
-            new.__dict__[name] = post.__dict__[name]
-    return new
 
 
 def _num_samples(posterior: BayesVLMPosterior, name: str, cfg: RefitConfig) -> int:
@@ -146,14 +130,14 @@ def refit_posterior(
             raise ValueError(f"new_head.{attr} = {getattr(new_head, attr)} differs from the "
                              f"posterior head's {getattr(posterior.head, attr)}: fine-tuning "
                              f"keeps it fixed, refit a posterior for the other head instead")
-    W_img = _stacked(new_head.image_weight, new_head.image_bias)
-    W_txt = _stacked(new_head.text_weight, new_head.text_bias)
+    W_img = stack_bias(new_head.image_weight, new_head.image_bias).detach()
+    W_txt = stack_bias(new_head.text_weight, new_head.text_bias).detach()
     desc = dict(posterior.data_description)
     record: dict = {"mode": cfg.mode}
 
     if cfg.mode == "recentre":
-        image = _recentred(posterior.image, W_img)
-        text = _recentred(posterior.text, W_txt)
+        image = posterior.image.recentred(W_img)
+        text = posterior.text.recentred(W_txt)
     else:
         if image_act is None or class_text_act is None:
             raise ValueError("mode 'recentre+update' needs image_act (the labelled images) and "

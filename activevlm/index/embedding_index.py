@@ -10,7 +10,6 @@ support and sees a GPU, otherwise everything runs on the CPU.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from rich.progress import Progress
 
 from activevlm.acquisition.exclusion import Exclude, exclusion_mask
-from activevlm.utils.io import atomic_path, atomic_write_json
+from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT = "activevlm-index"
 FORMAT_VERSION = 1
@@ -234,7 +233,7 @@ class EmbeddingIndex:
         for p in (meta_path, index_path):
             if not p.exists():
                 raise FileNotFoundError(f"index file missing: {p}")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: not an activevlm index (format={meta.get('format')!r})")
         if ids is not None and n is None:

@@ -68,12 +68,14 @@ def reliability_curve(probs, labels, n_bins: int = N_BINS) -> pd.DataFrame:
     p, y = _check(probs, labels)
     conf = p.max(1)
     correct = (p.argmax(1) == y).astype(np.float64)
-    b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    edges = np.arange(n_bins + 1) / n_bins  # b / n_bins exactly rounded (linspace is not)
+    # bin b = (edges[b], edges[b + 1]]; ceil(conf * n_bins) would misplace exact edges such as
+    # 0.15, whose product with 20 rounds up to 3.0000000000000004
+    b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     count = np.bincount(b, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(b, weights=conf, minlength=n_bins) / count
         mean_acc = np.bincount(b, weights=correct, minlength=n_bins) / count
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
     return pd.DataFrame({"bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count,
                          "confidence": mean_conf, "accuracy": mean_acc})
 

@@ -8,7 +8,6 @@ Orientation (documented once, used everywhere): a projection is a matrix ``W`` o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from activevlm.utils.io import atomic_path, atomic_write_text
+from activevlm.utils.io import atomic_path, atomic_write_json, read_json
+
+
+def stack_bias(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``[D, d_in]`` (+ bias ``[D]``) -> ``[D, d_in(+1)]``, the bias as the last column (the
+    layout of posterior means and weight draws); ``weight``'s dtype is kept."""
+    return weight if bias is None else torch.cat([weight, bias[:, None].to(weight)], dim=1)
+
+
+def augment(act: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """``[N, d_in] -> [N, d_in + 1]`` with a constant-1 column when ``has_bias``, else unchanged;
+    ``stack_bias(W, b) @ augment(a, True).T == (W a + b)ᵀ``."""
+    if not has_bias:
+        return act
+    return torch.cat([act, act.new_ones(act.shape[0], 1)], dim=1)
 
 
 @dataclass
@@ -107,7 +120,7 @@ class ProjectionHead:
             save_file(tensors, str(tmp))
         meta = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias,
                 "metadata": self.metadata}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+        atomic_write_json(path.with_suffix(".json"), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> ProjectionHead:
@@ -117,7 +130,7 @@ class ProjectionHead:
             if not p.exists():
                 raise FileNotFoundError(f"projection head file missing: {p}")
         t = load_file(str(st))
-        meta = json.loads(js.read_text())
+        meta = read_json(js)
         return cls(
             t["image_weight"], t["text_weight"], float(meta["logit_scale"]),
             t.get("image_bias"), t.get("text_bias"), meta.get("logit_bias"),

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from scipy.special import expit
 
 from activevlm.utils.device import resolve_device
-from activevlm.utils.io import atomic_path, atomic_write_json
+from activevlm.utils.io import atomic_path, atomic_write_json, read_json
+from activevlm.utils.tensors import row_chunks
 from activevlm.vilu.model import ViLU, ViLUConfig
 
 FORMAT = "activevlm-vilu"
@@ -26,9 +27,9 @@ def as_tensor(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from e
 
 
-def caption_chunks(n: int, batch_size: int) -> list[slice]:
-    """Consecutive batches ``[0, b), [b, 2b), ...`` in which captions compete (caption setting)."""
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+def failure_probability(logits) -> np.ndarray:
+    """``sigmoid(-logit)`` ``[N]`` (float64) from logits of P(correct) ``[N]``, without overflow."""
+    return expit(-np.asarray(logits, dtype=np.float64))
 
 
 @dataclass
@@ -80,21 +81,20 @@ class ViLUModel:
                     f"caption setting needs one caption per image: {img.shape[0]} images, "
                     f"{txt.shape[0]} captions"
                 )
-            chunks = caption_chunks(img.shape[0], self.config.batch_size)
+            chunks = row_chunks(img.shape[0], self.config.batch_size)
             out = [net(img[c].to(dev), txt[c].to(dev)).cpu() for c in chunks]
         else:
             m = None if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.bool)
             t = txt.to(dev)
             out = [
                 net(img[c].to(dev), t, None if m is None else m[c].to(dev)).cpu()
-                for c in caption_chunks(img.shape[0], batch_size)
+                for c in row_chunks(img.shape[0], batch_size)
             ]
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def predict_failure(self, image_emb, text_emb, mask=None, **kwargs) -> np.ndarray:
         """Failure probabilities ``sigmoid(-logit)`` ``[N]`` (arguments as ``predict_logits``)."""
-        logits = self.predict_logits(image_emb, text_emb, mask, **kwargs)
-        return 1.0 / (1.0 + np.exp(logits.astype(np.float64)))
+        return failure_probability(self.predict_logits(image_emb, text_emb, mask, **kwargs))
 
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (config, model id, record)."""
@@ -122,7 +122,7 @@ class ViLUModel:
         for p in (st, js):
             if not p.exists():
                 raise FileNotFoundError(f"ViLU model file missing: {p}")
-        meta = json.loads(js.read_text())
+        meta = read_json(js)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{js} is not a ViLU model (format {meta.get('format')!r})")
         if expected_model_id is not None and meta["model_id"] != expected_model_id:

@@ -17,7 +17,7 @@ from activevlm.bayes.probcosine import link_for, link_probs, logit_moments
 from activevlm.metrics.failure import baseline_confidences
 from activevlm.pool import Pool
 from activevlm.utils.device import resolve_device
-from activevlm.vilu.estimator import ViLUModel
+from activevlm.vilu.estimator import ViLUModel, failure_probability
 from activevlm.vilu.model import ViLUConfig
 from activevlm.vilu.train import fit_vilu, zero_shot_correct
 
@@ -71,7 +71,7 @@ class PoolFailureScores:
     @property
     def failure_probability(self) -> np.ndarray:
         """ViLU's failure probability ``sigmoid(-logit)`` ``[n]``."""
-        return 1.0 / (1.0 + np.exp(self.confidences["vilu"].astype(np.float64)))
+        return failure_probability(self.confidences["vilu"])
 
 
 def _blocks(model: ViLUModel, pool: Pool, idx: np.ndarray) -> Iterator[tuple]:

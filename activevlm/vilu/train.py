@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from activevlm.metrics.failure import auroc
 from activevlm.utils.device import resolve_device
-from activevlm.vilu.estimator import ViLUModel, as_tensor, caption_chunks
+from activevlm.utils.tensors import row_chunks
+from activevlm.vilu.estimator import ViLUModel, as_tensor
 from activevlm.vilu.model import ViLU, ViLUConfig, check_mask, masked_argmax
 
 
@@ -33,8 +34,8 @@ def failure_weight(correct) -> float:
 def zero_shot_correct(image_emb, text_emb, labels, mask=None) -> np.ndarray:
     """Whether ``argmax_c cos(image, class c)`` equals the label: ``[N, D], [C, D], [N] -> [N]``
     (bool). ``mask [N, C]`` restricts each image's candidate classes."""
-    img = torch.nn.functional.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
-    txt = torch.nn.functional.normalize(as_tensor(text_emb, "text_emb"), dim=-1)
+    img = F.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
+    txt = F.normalize(as_tensor(text_emb, "text_emb"), dim=-1)
     y = np.asarray(labels, dtype=np.int64)
     if y.shape != (img.shape[0],):
         raise ValueError(f"labels must have shape [{img.shape[0]}], got {list(y.shape)}")
@@ -48,13 +49,13 @@ def zero_shot_correct(image_emb, text_emb, labels, mask=None) -> np.ndarray:
 def caption_correct(image_emb, caption_emb, batch_size: int) -> np.ndarray:
     """Caption setting: whether each image retrieves its own caption among those of its batch
     (consecutive batches of ``batch_size``): ``[N, D], [N, D] -> [N]`` (bool)."""
-    img = torch.nn.functional.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
-    cap = torch.nn.functional.normalize(as_tensor(caption_emb, "caption_emb"), dim=-1)
+    img = F.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
+    cap = F.normalize(as_tensor(caption_emb, "caption_emb"), dim=-1)
     if cap.shape != img.shape:
         raise ValueError(f"need one caption per image: {list(img.shape)} vs {list(cap.shape)}")
     out = [
         (img[c] @ cap[c].T).argmax(dim=1).numpy() == np.arange(c.stop - c.start)
-        for c in caption_chunks(img.shape[0], batch_size)
+        for c in row_chunks(img.shape[0], batch_size)
     ]
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
@@ -211,7 +212,7 @@ def fit_vilu(
                     if captions:
                         val_logits = torch.cat([
                             net(img[val_t[c]], txt[val_t[c]])
-                            for c in caption_chunks(val_idx.size, config.batch_size)
+                            for c in row_chunks(val_idx.size, config.batch_size)
                         ])
                     else:
                         val_logits = net(img[val_t], txt,
