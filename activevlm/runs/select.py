@@ -19,8 +19,8 @@ from activevlm.index import EmbeddingIndex, StaleIndexError, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.queue import write_queue
 from activevlm.runs.state import RunState
-from activevlm.vilu.combine import failure_weighted
 from activevlm.utils.io import atomic_write_parquet
+from activevlm.vilu.combine import failure_weighted
 
 # Strategies a user names; each is a registered heuristic on MAP (K = 1) or posterior draws.
 STRATEGIES = {

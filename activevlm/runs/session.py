@@ -39,6 +39,16 @@ def run_head_path(run: str | Path) -> Path:
     return Path(run) / RUN_HEAD
 
 
+def default_fit_domains(pool) -> list[str] | None:
+    """Domains a posterior for ``pool`` is fitted on by default: the demo world's source
+    domains (what the demo model was trained on) for a demo pool, else all (None)."""
+    if pool.manifest.get("dataset", {}).get("name") == "demo":
+        from activevlm.demo.world import SOURCE_DOMAINS
+
+        return list(SOURCE_DOMAINS)
+    return None
+
+
 def load_run_head(state: RunState, pool=None):
     """The run's fine-tuned head, or ``pool.head`` (None without a pool) if it has none yet."""
     from activevlm.models.head import ProjectionHead
@@ -84,15 +94,12 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
     """
     from activevlm.pool import open_pool
 
-    fit_domains = None
     if pool is None:
         from activevlm.demo.pool import demo_pool
-        from activevlm.demo.world import SOURCE_DOMAINS
 
         log("no --pool given: using the demo world (generated and embedded on first use)")
         pool_obj = demo_pool(progress=progress)
         target = DEMO_TARGET_DOMAIN if target is None else target
-        fit_domains = list(SOURCE_DOMAINS)
         name = "demo"
     else:
         pool_obj = open_pool(pool)
@@ -108,7 +115,8 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
                                     pool_obj.classnames, config=asdict(config))
     post = None
     if STRATEGIES.get(config.strategy, (None, False))[1]:
-        post = load_or_fit_posterior(pool_obj, state, posterior, fit_domains=fit_domains,
+        post = load_or_fit_posterior(pool_obj, state, posterior,
+                                     fit_domains=default_fit_domains(pool_obj),
                                      split=config.pool_split, progress=progress, log=log)
     head = load_run_head(state, pool_obj)
     if head is not pool_obj.head:

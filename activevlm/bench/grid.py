@@ -1,0 +1,161 @@
+"""``run_grid``: a benchmark grid of simulated loops (datasets x targets x strategies x seeds)
+written to one Parquet table.
+
+Config (a dict or a YAML file)::
+
+    name: demo
+    seeds: [0, 1, 2]
+    strategies: [random, random-targeted, entropy, bald, epig, vilu+epig]
+    loop: {rounds: 4, budget: 25, select: {n_draws: 50}}   # LoopConfig fields, all cells
+    datasets:
+      - name: demo
+        pool: demo                 # "demo" or a pool directory ($VARIABLES expanded)
+        per_class: 40              # demo only: images per class and domain
+        targets: [sketch, clipart] # target domains (null: the whole pool is the target)
+        posterior: null            # optional posterior folder (e.g. imported BayesVLM
+                                   # Hessians); default: fitted on the pool
+        loop: {}                   # optional per-dataset LoopConfig overrides
+
+Each cell is a :func:`activevlm.loop.run_loop` directory under ``out/runs/<dataset>/<target>/
+<strategy>/seed<k>``, so an interrupted grid resumes where it stopped; the base posterior is
+fitted once per dataset (``out/posteriors/<dataset>``) and shared by its cells.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.loop import LoopConfig, run_loop
+from activevlm.loop.adapt import save_posterior
+from activevlm.utils.io import atomic_write_parquet
+
+RESULTS_FILE = "results.parquet"
+GRID_KEYS = {"name", "seeds", "strategies", "loop", "datasets"}
+DATASET_KEYS = {"name", "pool", "per_class", "targets", "loop", "posterior"}
+KEY_COLUMNS = ["dataset", "target", "strategy", "targeted", "seed", "round"]
+
+
+def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True):
+    """``(pool, default posterior domains, default target domain)`` for ``"demo"`` or a pool
+    directory (``$VAR`` and ``~`` expanded; an unset variable is an error naming it)."""
+    from activevlm.runs.session import DEMO_TARGET_DOMAIN, default_fit_domains
+
+    if spec == "demo":
+        from activevlm.demo.pool import demo_pool
+        from activevlm.demo.world import DEFAULT_PER_CLASS
+
+        pool = demo_pool(n_per_class=per_class or DEFAULT_PER_CLASS, progress=progress)
+        return pool, default_fit_domains(pool), DEMO_TARGET_DOMAIN
+    if per_class is not None:
+        raise ValueError(f"per_class applies to the demo pool only, not {spec!r}")
+    path = os.path.expanduser(os.path.expandvars(spec))
+    if "$" in path:
+        raise ValueError(f"pool path {spec!r}: environment variable not set (see "
+                         "benchmarks/README.md)")
+    from activevlm.pool import open_pool
+
+    pool = open_pool(path)
+    return pool, default_fit_domains(pool), None
+
+
+def load_grid_config(config: dict | str | Path) -> dict:
+    """The grid config as a dict (from a YAML file if a path), with its keys checked."""
+    if not isinstance(config, dict):
+        path = Path(config)
+        if not path.exists():
+            raise FileNotFoundError(f"benchmark config not found: {path}")
+        config = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(config) - GRID_KEYS)
+    if unknown:
+        raise ValueError(f"benchmark config: unknown key(s) {unknown}; known: "
+                         f"{sorted(GRID_KEYS)}")
+    for key in ("seeds", "strategies", "datasets"):
+        if not config.get(key):
+            raise ValueError(f"benchmark config: {key!r} must be a non-empty list")
+    for i, ds in enumerate(config["datasets"]):
+        bad = sorted(set(ds) - DATASET_KEYS)
+        if bad or "pool" not in ds or "name" not in ds:
+            raise ValueError(f"benchmark config: datasets[{i}] needs 'name' and 'pool' and may "
+                             f"have {sorted(DATASET_KEYS)}; unknown: {bad}")
+    for strategy in config["strategies"]:  # fail before any work on a typo
+        LoopConfig(strategy=strategy)
+    return config
+
+
+def _base_posterior(pool, config: LoopConfig, folder: Path, given: str | None,
+                    progress: bool):
+    if given is not None:
+        post = BayesVLMPosterior.load(os.path.expanduser(os.path.expandvars(given)))
+        if post.model_id != pool.model_id:
+            raise ValueError(f"posterior {given} is for model {post.model_id!r}, the pool "
+                             f"{pool.path} for {pool.model_id!r}")
+        return post
+    if (folder / "posterior.json").exists():
+        return BayesVLMPosterior.load(folder)
+    from activevlm.bayes.from_pool import fit_pool_posterior
+
+    post = fit_pool_posterior(pool, split=config.posterior_split,
+                              domain=config.posterior_domains, progress=progress)
+    save_posterior(post, folder)
+    return post
+
+
+def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = True,
+             log: Callable = print) -> Path:
+    """Run (or resume) every cell of the grid; returns ``out/results.parquet``.
+
+    Rows: one per (dataset, target, strategy, seed, round) with ``n_labels``, ``accuracy``,
+    ``nll``, ``ece``, ``brier``, ``bayes_*``, timings and ``targeted`` (see ``run_loop``);
+    ``target`` is the target domain or ``"all"``. The table is rewritten after every cell.
+    """
+    grid = load_grid_config(config)
+    out = Path(out)
+    tables: list[pd.DataFrame] = []
+    n_cells = sum(len(ds.get("targets") or [None]) for ds in grid["datasets"]) * \
+        len(grid["strategies"]) * len(grid["seeds"])
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task(f"benchmark {grid.get('name', '')}", total=n_cells)
+        for ds in grid["datasets"]:
+            pool, fit_domains, default_target = resolve_pool(
+                str(ds["pool"]), ds.get("per_class"), progress=progress)
+            loop_raw = {**(grid.get("loop") or {}), **(ds.get("loop") or {})}
+            loop_raw.setdefault("posterior_domains", fit_domains)
+            base_config = LoopConfig.from_dict(loop_raw)
+            base = _base_posterior(pool, base_config, out / "posteriors" / ds["name"],
+                                   ds.get("posterior"), progress)
+            for target in ds.get("targets") or [default_target]:
+                tname = "all" if target is None else str(target)
+                for strategy in grid["strategies"]:
+                    cfg = LoopConfig.from_dict({**loop_raw, "strategy": strategy,
+                                                "target_domain": target})
+                    for seed in grid["seeds"]:
+                        bar.update(task, description=f"{ds['name']}/{tname}/{strategy}/"
+                                                     f"seed{seed}")
+                        cell = out / "runs" / ds["name"] / tname / strategy / f"seed{seed}"
+                        df = run_loop(pool, cfg, cell, int(seed), posterior=base,
+                                      progress=False, log=lambda *a, **k: None)
+                        df.insert(0, "target", tname)
+                        df.insert(0, "dataset", ds["name"])
+                        tables.append(df)
+                        atomic_write_parquet(out / RESULTS_FILE, _results(tables))
+                        bar.advance(task)
+    path = out / RESULTS_FILE
+    log(f"{len(tables)} cells, results in {path}")
+    return path
+
+
+def _results(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    df = pd.concat(tables, ignore_index=True)
+    df["failure_source"] = df["failure_source"].astype("string") \
+        if "failure_source" in df else pd.Series(pd.NA, index=df.index, dtype="string")
+    first = [c for c in KEY_COLUMNS + ["n_labels"] if c in df]
+    return df[first + [c for c in df.columns if c not in first]]

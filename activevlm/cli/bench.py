@@ -1,0 +1,46 @@
+"""``activevlm bench CONFIG`` (run a benchmark grid) and ``activevlm plot RESULTS``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def bench(
+    config: Path = typer.Argument(..., help="Benchmark YAML (see benchmarks/configs/)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: "
+                                    "benchmarks/results/<config name>)."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw curves and summary.md."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Run (or resume) every (dataset, target, strategy, seed) loop; write results.parquet."""
+    from activevlm.bench import plot_results, run_grid
+
+    out = out if out is not None else Path("benchmarks/results") / config.stem
+    try:
+        path = run_grid(config, out, progress=progress, log=console.print)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    if plot:
+        for name, p in plot_results(path, out).items():
+            console.print(f"  {name:28s} {p}")
+
+
+def plot(
+    results: Path = typer.Argument(..., help="results.parquet written by `activevlm bench`."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs and summary.md "
+                                    "(default: next to RESULTS)."),
+) -> None:
+    """Accuracy/ECE-vs-labels curves (mean ± se over seeds) and a Markdown summary."""
+    from activevlm.bench import plot_results
+
+    if not results.exists():
+        console.print(f"[red]error:[/] results file not found: {results}")
+        raise typer.Exit(1)
+    for name, p in plot_results(results, out or results.parent).items():
+        console.print(f"  {name:28s} {p}")

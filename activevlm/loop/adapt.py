@@ -1,0 +1,132 @@
+"""Fine-tune a run's head on its labels and refit its posterior: what the next round uses.
+
+Shared by the simulated loop (:func:`activevlm.loop.run_loop`) and ``activevlm finetune
+--run DIR`` (labels imported by a person), so both leave the run directory in the same state.
+Every fine-tuning starts from the pool's (pre-trained) head with all labels so far, and every
+refit from the run's base posterior, so a round can be recomputed and labels never count twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.finetune import FinetuneConfig, FinetuneResult, RefitConfig, finetune_head
+from activevlm.finetune import refit_posterior as refit
+from activevlm.models.head import ProjectionHead
+from activevlm.runs.session import (
+    RUN_BASE_POSTERIOR,
+    RUN_POSTERIOR,
+    load_or_fit_posterior,
+    run_head_path,
+)
+from activevlm.runs.state import RunState
+
+
+@dataclass
+class AdaptResult:
+    """``head`` (fine-tuned), ``posterior`` (refitted; None when the run has none),
+    ``finetune`` (the :class:`FinetuneResult`), ``n_labels``, ``seconds``."""
+
+    head: ProjectionHead
+    posterior: BayesVLMPosterior | None
+    finetune: FinetuneResult
+    n_labels: int
+    seconds: float
+
+
+def labelled_rows(pool, state: RunState) -> tuple[np.ndarray, np.ndarray]:
+    """Pool rows ``[n]`` of the run's labelled items (sorted) and their labels ``[n]``."""
+    ids = pool.items["sample_id"].to_numpy()
+    row_of = {sid: i for i, sid in enumerate(ids)}
+    missing = [sid for sid in state.labels if sid not in row_of]
+    if missing:
+        raise ValueError(f"run {state.path}: {len(missing)} labelled sample_id(s) are not in "
+                         f"pool {pool.path}, e.g. {missing[:5]}")
+    rows = np.sort(np.fromiter((row_of[s] for s in state.labels), dtype=np.int64))
+    labels = np.array([state.labels[ids[r]] for r in rows], dtype=np.int64)
+    return rows, labels
+
+
+def _activations(pool, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    act = torch.from_numpy(np.asarray(pool.image_activations[rows], dtype=np.float32))
+    res = (None if pool.image_residuals is None
+           else torch.from_numpy(np.asarray(pool.image_residuals[rows], dtype=np.float32)))
+    return act, res
+
+
+def save_posterior(posterior: BayesVLMPosterior, folder: str | Path) -> None:
+    """Write ``posterior`` to ``folder`` as a whole: into a sibling folder first, then swapped
+    in, so a crash never leaves a mix of two posteriors."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+    posterior.save(tmp)
+    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def base_posterior(pool, state: RunState, posterior: BayesVLMPosterior | str | Path | None = None,
+                   *, fit_domains=None, split: str | None = "train", progress: bool = True,
+                   log: Callable = print) -> BayesVLMPosterior:
+    """The run's posterior before any fine-tuning (``run/posterior_base``), created on first
+    need from ``posterior`` (an object or folder), the run's cached one, or a fit on the pool."""
+    folder = state.path / RUN_BASE_POSTERIOR
+    if (folder / "posterior.json").exists():
+        return BayesVLMPosterior.load(folder)
+    if isinstance(posterior, BayesVLMPosterior):
+        post = posterior
+    else:
+        post = load_or_fit_posterior(pool, state, posterior, fit_domains=fit_domains,
+                                     split=split, progress=progress, log=log)
+    save_posterior(post, folder)
+    if not (state.path / RUN_POSTERIOR / "posterior.json").exists():
+        save_posterior(post, state.path / RUN_POSTERIOR)
+    return post
+
+
+def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
+              refit_config: RefitConfig | None = None,
+              base: BayesVLMPosterior | None = None, val_rows: np.ndarray | None = None,
+              progress: bool = True) -> AdaptResult:
+    """Fine-tune ``pool.head`` on all of the run's labels and refit ``base`` with the result.
+
+    ``val_rows``: pool rows whose dataset labels form the validation set (early stopping);
+    None holds out ``finetune.val_fraction`` of the run's labels. Writes ``run/head.*`` and,
+    when ``base`` is given, ``run/posterior/`` (the refit of ``base``; mode "none" keeps
+    ``base``). Deterministic for a given set of labels and config.
+    """
+    start = time.perf_counter()
+    rows, labels = labelled_rows(pool, state)
+    if len(rows) == 0:
+        raise ValueError(f"run {state.path} has no labels yet: import some with "
+                         "`activevlm labels import` before fine-tuning")
+    act, res = _activations(pool, rows)
+    val = None
+    if val_rows is not None:
+        val_rows = np.asarray(val_rows, dtype=np.int64)
+        v_labels = pool.items["label"].to_numpy()[val_rows]
+        if len(val_rows) == 0 or (v_labels < 0).any():
+            raise ValueError(f"pool {pool.path}: the validation rows must be labelled "
+                             f"({len(val_rows)} given, {(v_labels < 0).sum()} unlabelled)")
+        v_act, v_res = _activations(pool, val_rows)
+        val = (v_act, torch.from_numpy(v_labels), v_res)
+    result = finetune_head(pool.head, act, torch.from_numpy(labels), pool.text_activations,
+                           residual=res, val=val, config=finetune, progress=progress)
+    result.head.save(run_head_path(state.path))
+    post = None
+    if base is not None:
+        post = refit(base, result.head, act, torch.from_numpy(pool.text_activations),
+                     image_residual=res, config=refit_config, progress=progress)
+        save_posterior(post, state.path / RUN_POSTERIOR)
+    return AdaptResult(result.head, post, result, len(rows), time.perf_counter() - start)

@@ -1,0 +1,58 @@
+"""Failure probabilities of the current head for the ``vilu`` strategies of a loop round."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from activevlm.models.head import ProjectionHead
+from activevlm.vilu import ViLUConfig, failure_scores, fit_vilu, zero_shot_correct
+
+CHUNK = 8192
+
+
+def _embeddings(pool, head: ProjectionHead, rows: np.ndarray) -> torch.Tensor:
+    out = []
+    for i in range(0, len(rows), CHUNK):
+        r = rows[i:i + CHUNK]
+        act = torch.from_numpy(np.asarray(pool.image_activations[r], dtype=np.float32))
+        res = (None if pool.image_residuals is None
+               else torch.from_numpy(np.asarray(pool.image_residuals[r], dtype=np.float32)))
+        out.append(head.image_embeddings(act, res))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def msp_failure(pool, head: ProjectionHead) -> np.ndarray:
+    """``1 − max_c softmax(logits)`` ``[N]`` of ``head`` over all pool rows."""
+    txt = head.text_embeddings(torch.from_numpy(pool.text_activations))
+    rows = np.arange(len(pool.items))
+    out = []
+    for i in range(0, len(rows), CHUNK):
+        g = _embeddings(pool, head, rows[i:i + CHUNK])
+        out.append(1.0 - torch.softmax(head.logits(g, txt), dim=-1).max(dim=-1).values)
+    return torch.cat(out).double().numpy()
+
+
+def failure_probabilities(pool, head: ProjectionHead, rows: np.ndarray, labels: np.ndarray,
+                          config: ViLUConfig, min_labels: int = 20, device: str = "auto",
+                          progress: bool = False) -> tuple[np.ndarray, str]:
+    """``(p_fail [N], source)`` for every pool row under ``head``.
+
+    ``source == "vilu"``: a ViLU model trained on whether ``head`` classifies the labelled
+    ``rows`` (labels ``labels``) correctly; ``"msp"``: 1 − max probability, used when there
+    are fewer than ``min_labels`` labels or they are all right (or all wrong).
+    """
+    if len(rows) >= min_labels:
+        with torch.no_grad():
+            img = _embeddings(pool, head, rows)
+            txt = head.text_embeddings(torch.from_numpy(pool.text_activations))
+        correct = zero_shot_correct(img, txt, labels)
+        if 0 < correct.sum() < len(correct):
+            model = fit_vilu(img, txt, correct, config=config, logit_scale=head.logit_scale,
+                             model_id="", device=device, progress=progress)
+            with torch.no_grad():
+                all_img = _embeddings(pool, head, np.arange(len(pool.items)))
+            return failure_scores(model, (all_img, txt), device=device).astype(np.float64), \
+                "vilu"
+    return msp_failure(pool, head), "msp"

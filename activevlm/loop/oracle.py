@@ -1,0 +1,31 @@
+"""The simulated oracle: answers a round's queue with the dataset's labels, through the same
+label file import a person's answers go through."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from activevlm.runs.labels import LabelImport, import_labels
+from activevlm.runs.state import RunState
+from activevlm.utils.io import atomic_write_csv
+
+ORACLE_FILE = "oracle_labels.csv"
+
+
+def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
+    """Label every still-queued item of round ``round_index`` from ``pool.items["label"]``.
+
+    Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names) and imports it
+    with :func:`activevlm.runs.import_labels`. Items without a dataset label are written with
+    an empty label, i.e. skipped, as a labeller would.
+    """
+    pending = [sid for sid, r in state.queued.items() if r == round_index]
+    items = pool.items.set_index("sample_id").loc[pending]
+    labels = items["label"].to_numpy()
+    table = pd.DataFrame({
+        "sample_id": pending,
+        "label": [pool.classnames[y] if y >= 0 else "" for y in labels],
+    })
+    path = state.round_dir(round_index) / ORACLE_FILE
+    atomic_write_csv(path, table)
+    return import_labels(state, path, set(pending))

@@ -1,0 +1,162 @@
+"""``run_loop``: a simulated-oracle active-learning campaign in one run directory, resumable
+round by round.
+
+Run directory (``out_dir``): ``loop.json`` (config and seed), ``state.json`` (the
+:class:`RunState` every ``select`` uses), ``round_NNN/`` (queue, scores, oracle labels,
+the round's head), ``head.*`` and ``posterior/`` (the current model, what the next round
+selects with), ``posterior_base/`` (before fine-tuning) and ``metrics.jsonl`` (one row per
+finished round, row 0 = zero-shot). A round counts as done once its metrics row is written;
+a killed run redoes only the unfinished round, with the same seeds, so it produces exactly
+the rows an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.finetune import FinetuneConfig
+from activevlm.loop.adapt import adapt_run, base_posterior, labelled_rows
+from activevlm.loop.config import LoopConfig
+from activevlm.loop.evaluate import evaluate_model
+from activevlm.loop.failure import failure_probabilities
+from activevlm.loop.oracle import answer_queue
+from activevlm.runs.select import FAILURE_STRATEGIES, STRATEGIES, select_round
+from activevlm.runs.session import RUN_POSTERIOR, load_run_head
+from activevlm.runs.state import RunState
+from activevlm.utils.io import atomic_write_json, atomic_write_text
+
+LOOP_FILE = "loop.json"
+METRICS_FILE = "metrics.jsonl"
+FAILURE_FILE = "failure.json"  # per round: where the vilu strategies' failure scores came from
+TIMING_COLUMNS = ("select_seconds", "finetune_seconds", "eval_seconds", "seconds")
+
+
+def read_metrics(out_dir: str | Path) -> pd.DataFrame:
+    """The rows of ``out_dir/metrics.jsonl`` (empty frame when there are none)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+
+
+def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
+    atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str) -> None:
+    """Write ``loop.json`` on the first call; later calls must match it."""
+    record = {"config": json.loads(json.dumps(config.to_dict())), "seed": seed,
+              "model_id": model_id}
+    path = out_dir / LOOP_FILE
+    if not path.exists():
+        atomic_write_json(path, record)
+        return
+    old = json.loads(path.read_text())
+    for key in ("seed", "model_id"):
+        if old.get(key) != record[key]:
+            raise ValueError(f"{path}: this run has {key}={old.get(key)!r}, not "
+                             f"{record[key]!r}; use another output directory")
+    changed = sorted(k for k in record["config"]
+                     if k != "rounds" and old["config"].get(k) != record["config"][k])
+    if changed:
+        raise ValueError(f"{path}: the run was made with other loop settings for {changed}; "
+                         "use another output directory (only 'rounds' may change)")
+    if old["config"]["rounds"] != config.rounds:
+        atomic_write_json(path, record)
+
+
+def _rows_of(pool, domain, split) -> np.ndarray:
+    rows = pool.indices(domain=domain, split=split, labelled=True)
+    if len(rows) == 0:
+        raise ValueError(f"pool {pool.path}: no labelled items with domain={domain!r}, "
+                         f"split={split!r}")
+    return rows
+
+
+def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
+             posterior: BayesVLMPosterior | str | Path | None = None,
+             progress: bool = True, log: Callable = print,
+             on_round: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Run (or resume) ``config.rounds`` rounds in ``out_dir``; returns all metrics rows.
+
+    Row columns: ``round``, ``n_labels``, ``n_new``, ``strategy``, ``targeted``, ``seed``,
+    ``n_test``, ``accuracy``, ``nll``, ``ece``, ``brier``, ``bayes_*`` (the same for the
+    posterior predictive), ``failure_source`` (vilu strategies: "vilu" | "msp"),
+    ``best_epoch`` (fine-tuning) and the timings ``select_seconds``, ``finetune_seconds``,
+    ``eval_seconds``, ``seconds``. ``posterior``: the base posterior (object or folder);
+    default: fitted on ``config.posterior_split``/``posterior_domains`` of the pool.
+    ``on_round(row)`` is called after each newly finished round.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_loop_file(out_dir, config, seed, pool.model_id)
+    state = RunState.open_or_create(out_dir, str(pool.path), pool.model_id, pool.classnames,
+                                    config={"loop": LOOP_FILE, "seed": seed})
+    base = base_posterior(pool, state, posterior, fit_domains=config.posterior_domains,
+                          split=config.posterior_split, progress=progress, log=log)
+    val_rows = _rows_of(pool, config.target_domain, config.val_split)
+    finetune = FinetuneConfig(**{**config.finetune.__dict__, "seed": seed})
+    select = config.select_config(seed)
+    rows = read_metrics(out_dir).to_dict("records")
+
+    def evaluate(head, post) -> dict:
+        return evaluate_model(pool, head, post, domain=config.target_domain,
+                              split=config.test_split, predictive=config.predictive,
+                              seed=seed)
+
+    if not rows:  # round 0: the zero-shot model and the base posterior
+        t0 = time.perf_counter()
+        row = {"round": 0, "n_labels": 0, "n_new": 0, **evaluate(pool.head, base)}
+        rows.append(_finish(row, config, seed, 0.0, 0.0, time.perf_counter() - t0))
+        _write_metrics(out_dir, rows)
+    for r in range(len(rows), config.rounds + 1):
+        start = time.perf_counter()
+        failure_file = state.round_dir(r - 1) / FAILURE_FILE
+        if state.round < r:  # this round's selection was not finished before
+            head = load_run_head(state, pool)
+            post = (BayesVLMPosterior.load(out_dir / RUN_POSTERIOR)
+                    if STRATEGIES[config.base_strategy][1] else None)
+            failure_prob = None
+            if config.base_strategy in FAILURE_STRATEGIES:
+                lab_rows, labels = labelled_rows(pool, state)
+                failure_prob, source = failure_probabilities(
+                    pool, head, lab_rows, labels, config.vilu, config.vilu_min_labels,
+                    device=config.finetune.device)
+                atomic_write_json(failure_file, {"source": source})
+            select_round(pool, state, select, posterior=post, head=head,
+                         failure_prob=failure_prob, progress=progress)
+        t_select = time.perf_counter() - start
+        source = (json.loads(failure_file.read_text())["source"] if failure_file.exists()
+                  else None)
+        answer_queue(pool, state, r - 1)
+        adapted = adapt_run(pool, state, finetune=finetune, refit_config=config.refit,
+                            base=base, val_rows=val_rows, progress=progress)
+        adapted.head.save(state.round_dir(r - 1) / "head")
+        t_eval = time.perf_counter()
+        row = {"round": r, "n_labels": adapted.n_labels,
+               "n_new": adapted.n_labels - rows[-1]["n_labels"],
+               **evaluate(adapted.head, adapted.posterior),
+               "failure_source": source, "best_epoch": adapted.finetune.best_epoch}
+        rows.append(_finish(row, config, seed, t_select, adapted.seconds,
+                            time.perf_counter() - t_eval, time.perf_counter() - start))
+        _write_metrics(out_dir, rows)
+        log(f"round {r}/{config.rounds}: {adapted.n_labels} labels, accuracy "
+            f"{row['accuracy']:.4f}, NLL {row['nll']:.4f}, ECE {row['ece']:.4f}")
+        if on_round is not None:
+            on_round(rows[-1])
+    return pd.DataFrame(rows)
+
+
+def _finish(row: dict, config: LoopConfig, seed: int, t_select: float, t_finetune: float,
+            t_eval: float, total: float | None = None) -> dict:
+    timing = {"select_seconds": t_select, "finetune_seconds": t_finetune,
+              "eval_seconds": t_eval, "seconds": t_eval if total is None else total}
+    return {**row, "strategy": config.strategy, "targeted": config.targeted, "seed": seed,
+            **{k: round(v, 3) for k, v in timing.items()}}

@@ -1,0 +1,97 @@
+"""Benchmark grids: rows of the results table, resuming, curves and the summary statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from activevlm.bench import load_grid_config, plot_results, run_grid, summary_table
+from activevlm.loop import LoopConfig
+from tests.toy import toy_pool
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    pool = toy_pool(root, domains=("photo", "sketch"), per=10)
+    cfg = {"name": "toy", "seeds": [0, 1], "strategies": ["random", "entropy"],
+           "loop": {"rounds": 2, "budget": 5, "finetune": {"max_epochs": 5}},
+           "datasets": [{"name": "toy", "pool": str(pool.path), "targets": ["sketch"]}]}
+    path = root / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = root / "out"
+    return path, out, run_grid(path, out, progress=False, log=lambda *a: None)
+
+
+def test_grid_writes_one_row_per_cell_and_round(grid):
+    _, _, results = grid
+    df = pd.read_parquet(results)
+    assert len(df) == 2 * 2 * 3  # strategies x seeds x (round 0 + 2 rounds)
+    assert not df.duplicated(["strategy", "seed", "round"]).any()
+    assert set(df["dataset"]) == {"toy"} and set(df["target"]) == {"sketch"}
+    assert sorted(df["n_labels"].unique()) == [0, 5, 10]
+    for col in ("accuracy", "nll", "ece", "bayes_accuracy", "bayes_nll", "bayes_ece",
+                "seconds", "targeted"):
+        assert col in df and df[col].notna().all()
+    # round 0 is the same zero-shot model in every cell
+    assert df.loc[df["round"] == 0, "accuracy"].nunique() == 1
+
+
+def test_rerun_resumes_without_redoing_cells(grid):
+    path, out, results = grid
+    before = pd.read_parquet(results)
+    metric_files = sorted(out.glob("runs/**/metrics.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in metric_files]
+    again = pd.read_parquet(run_grid(path, out, progress=False, log=lambda *a: None))
+    pd.testing.assert_frame_equal(before, again)
+    assert [p.stat().st_mtime_ns for p in metric_files] == stamps
+
+
+def test_summary_matches_pandas_and_plots_are_written(grid, tmp_path):
+    _, _, results = grid
+    df = pd.read_parquet(results)
+    table = summary_table(df, "accuracy")
+    ref = df.groupby(["strategy", "n_labels"])["accuracy"].agg(["mean", "std", "count"])
+    for row in table.itertuples():
+        r = ref.loc[(row.strategy, row.n_labels)]
+        assert row.mean == pytest.approx(r["mean"], abs=1e-12)
+        assert row.se == pytest.approx(r["std"] / np.sqrt(r["count"]), abs=1e-12)
+        assert row.n_seeds == 2
+    # paired difference to random: mean over seeds of acc(strategy, seed) - acc(random, seed)
+    wide = df.pivot_table(index=["n_labels", "seed"], columns="strategy", values="accuracy")
+    diff = (wide["entropy"] - wide["random"]).groupby("n_labels")
+    ent = table[table["strategy"] == "entropy"].set_index("n_labels")
+    np.testing.assert_allclose(ent["diff_mean"], diff.mean(), atol=1e-12)
+    np.testing.assert_allclose(ent["diff_se"], diff.std() / np.sqrt(2), atol=1e-12)
+
+    paths = plot_results(results, tmp_path / "plots")
+    for key in ("accuracy_toy_sketch", "ece_toy_sketch"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["summary"].read_text()
+    r = table[(table["strategy"] == "entropy") & (table["n_labels"] == 10)].iloc[0]
+    assert f"{r['mean']:.3f} ± {r['se']:.3f}" in md
+    assert "| strategy | 0 | 5 | 10 |" in md
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    base = {"seeds": [0], "strategies": ["random"], "datasets": [{"name": "x", "pool": "demo"}]}
+    with pytest.raises(ValueError, match="unknown key"):
+        load_grid_config({**base, "seed": 1})
+    with pytest.raises(ValueError, match="unknown strategy"):
+        load_grid_config({**base, "strategies": ["rnd"]})
+    with pytest.raises(ValueError, match="environment variable"):
+        run_grid({**base, "datasets": [{"name": "x", "pool": "$ACTIVEVLM_NO_SUCH_VAR/p"}]},
+                 tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    cfg = load_grid_config(path)
+    for ds in cfg["datasets"]:
+        LoopConfig.from_dict({**(cfg.get("loop") or {}), **(ds.get("loop") or {})})
