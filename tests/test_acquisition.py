@@ -46,7 +46,9 @@ def weight_draws(head: ProjectionHead, k: int, seed: int) -> tuple[torch.Tensor,
 
 
 def explicit_probs(head, img_w, txt_w, act, text_act, residual=None) -> torch.Tensor:
-    """One ProjectionHead per draw, evaluated with the head's own code: ``[K, N, C]``."""
+    """One ProjectionHead per draw, evaluated with the head's own code: ``[K, N, C]``.
+
+    CLIP: softmax over classes; SigLIP: per-class sigmoids normalised over classes."""
     out = []
     for wi, wt in zip(img_w, txt_w, strict=True):
         bias = head.image_bias is not None
@@ -55,7 +57,11 @@ def explicit_probs(head, img_w, txt_w, act, text_act, residual=None) -> torch.Te
             wi[:, D_IMG] if bias else None, wt[:, D_TXT] if bias else None, head.logit_bias,
         )
         logits = h.logits(h.image_embeddings(act, residual), h.text_embeddings(text_act))
-        out.append(torch.softmax(logits, -1))
+        if head.logit_bias is None:
+            out.append(torch.softmax(logits, -1))
+        else:
+            q = torch.sigmoid(logits)
+            out.append(q / q.sum(-1, keepdim=True))
     return torch.stack(out)
 
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from activevlm.bayes.links import link_for
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
 from activevlm.bayes.probcosine import (
     cosine_moments,
-    link_for,
     logit_moments,
     mc_logits,
     mc_probs,

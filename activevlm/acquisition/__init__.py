@@ -16,8 +16,8 @@ from activevlm.acquisition.heuristics import (
     list_heuristics,
     register_heuristic,
 )
-from activevlm.acquisition.joint import JointDraws
 from activevlm.acquisition.scoring import score_pool
+from activevlm.bayes.draws import JointDraws
 
 __all__ = [
     "Heuristic",

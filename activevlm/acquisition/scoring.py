@@ -7,7 +7,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from activevlm.acquisition.heuristics import Heuristic, get_heuristic
-from activevlm.acquisition.joint import JointDraws
+from activevlm.bayes.draws import JointDraws
 from activevlm.utils.tensors import to_tensor
 
 

@@ -33,17 +33,13 @@ from typing import Literal
 
 import torch
 
+from activevlm.bayes.draws import JointDraws
+from activevlm.bayes.links import Link, link_for, link_probs
 from activevlm.utils.tensors import row_chunks, to_tensor
 
 Variant = Literal["full", "diag"]
-Link = Literal["softmax", "sigmoid"]
 
 DEFAULT_CHUNK = 4096
-
-
-def link_for(head) -> Link:
-    """``"sigmoid"`` for heads with a logit bias (SigLIP), else ``"softmax"`` (CLIP)."""
-    return "sigmoid" if getattr(head, "logit_bias", None) is not None else "softmax"
 
 
 def cosine_moments(
@@ -139,16 +135,6 @@ def logit_moments(
     return mean, var
 
 
-def link_probs(logits: torch.Tensor, link: Link = "softmax", normalize: bool = True):
-    """Class probabilities ``[..., C]`` from logits ``[..., C]`` (see the module docstring)."""
-    if link == "softmax":
-        return torch.softmax(logits, dim=-1)
-    if link == "sigmoid":
-        q = torch.sigmoid(logits)
-        return q / q.sum(-1, keepdim=True) if normalize else q
-    raise ValueError(f"link must be 'softmax' or 'sigmoid', got {link!r}")
-
-
 def probit_probs(
     mean: torch.Tensor, var: torch.Tensor, link: Link = "softmax", normalize: bool = True
 ) -> torch.Tensor:
@@ -171,21 +157,13 @@ def mc_logits(
     The draws come from ``posterior.sample(k, generator)`` once, before the chunk loop.
     """
     _check_inputs(img_act, txt_act, residual)
-    draws = posterior.sample(k, generator)
-    W_img, W_txt = draws.image, draws.text  # [k, D, d_img(+1)], [k, D, d_txt(+1)]
-    dtype, device = W_img.dtype, W_img.device
-    t = posterior.text.augment(to_tensor(txt_act, device, dtype))
-    h = torch.nn.functional.normalize(torch.einsum("kdi,ci->kcd", W_txt, t), dim=-1)
-    s, b = float(posterior.head.logit_scale), posterior.head.logit_bias
+    W = posterior.image.W_map
+    draws = JointDraws.from_posterior(posterior, txt_act, k, generator, device=W.device,
+                                      dtype=W.dtype)
     n = len(img_act)
-    out = torch.empty(k, n, len(txt_act), dtype=dtype, device=device)
+    out = torch.empty(k, n, len(txt_act), dtype=draws.dtype, device=draws.device)
     for sl in row_chunks(n, chunk_size):
-        a = posterior.image.augment(to_tensor(img_act[sl], device, dtype))
-        g = torch.einsum("kdi,ni->knd", W_img, a)
-        if residual is not None:
-            g = g + to_tensor(residual[sl], device, dtype)
-        g = torch.nn.functional.normalize(g, dim=-1)
-        out[:, sl] = s * torch.einsum("knd,kcd->knc", g, h) + (0.0 if b is None else float(b))
+        out[:, sl] = draws.logits(img_act[sl], None if residual is None else residual[sl])
     return out
 
 

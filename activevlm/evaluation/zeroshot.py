@@ -17,14 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from activevlm.bayes.probcosine import (
-    DEFAULT_CHUNK,
-    link_for,
-    link_probs,
-    logit_moments,
-    mc_probs,
-    probit_probs,
-)
+from activevlm.bayes.links import link_for, link_probs
+from activevlm.bayes.probcosine import DEFAULT_CHUNK, logit_moments, mc_probs, probit_probs
 from activevlm.metrics.calibration import N_BINS, calibration_summary
 from activevlm.utils.device import resolve_device
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from activevlm.bayes.probcosine import link_for, link_probs, logit_moments
+from activevlm.bayes.links import link_for, link_probs
+from activevlm.bayes.probcosine import logit_moments
 from activevlm.metrics.failure import baseline_confidences
 from activevlm.pool import Pool
 from activevlm.utils.device import resolve_device

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from activevlm.bayes.links import link_for, link_probs
 from activevlm.models.head import ProjectionHead, augment, stack_bias
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_tensor
@@ -153,8 +154,9 @@ class JointDraws:
         return out
 
     def probs(self, act, residual=None) -> torch.Tensor:
-        """Class probabilities (softmax over the C classes) per draw: ``[K, n, C]``."""
-        return torch.softmax(self.logits(act, residual), dim=-1)
+        """Class probabilities per draw ``[K, n, C]``: softmax, or normalised sigmoids for
+        SigLIP heads (``links.link_for``), the predictive that evaluation uses too."""
+        return link_probs(self.logits(act, residual), link_for(self))
 
     def probs_chunked(self, act, residual=None, *, chunk_size: int = 1024) -> torch.Tensor:
         """:meth:`probs` over all rows of ``act [M, d_img]`` in chunks: ``[K, M, C]`` (for
