@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! command -v uv >/dev/null 2>&1; then
-    "$PY" -m pip install --quiet --user uv || "$PY" -m pip install --quiet uv
-    export PATH="$HOME/.local/bin:$PATH"
+if command -v uv >/dev/null 2>&1; then
+    UV=(uv)
+else
+    "$PY" -m uv --version >/dev/null 2>&1 || "$PY" -m pip install --quiet uv \
+        || "$PY" -m pip install --quiet --user uv
+    UV=("$PY" -m uv)
 fi
-[ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
+[ -x .venv/bin/python ] || "${UV[@]}" venv --quiet --python "$PY" .venv
 # PyPI's CUDA builds of torch/torchvision run on CPU machines too (there is no CPU torchvision
 # wheel); bytecode is compiled at install because PYTHONDONTWRITEBYTECODE may be set.
-uv pip install --quiet --python .venv/bin/python --compile-bytecode \
+"${UV[@]}" pip install --quiet --python .venv/bin/python --compile-bytecode \
     -c requirements/constraints.txt -e ".[cpu,dev]"
