@@ -37,6 +37,9 @@ def select(
     class_balanced: bool = typer.Option(False, "--class-balanced"),
     dedup: float | None = typer.Option(None, "--dedup", help="Drop near-duplicates above this "
                                        "cosine similarity."),
+    epig_top_classes: int | None = typer.Option(
+        None, "--epig-top-classes", help="EPIG over each input's top classes + 'other' "
+        "(a lower bound; much faster for many classes)."),
     vilu_model: Path | None = typer.Option(None, "--vilu-model",
                                            help="Trained ViLU model (strategy vilu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -50,6 +53,7 @@ def select(
         else target_split, targeted=targeted, pool_split=None if pool_split == "all"
         else pool_split, n_draws=draws, n_targets=n_targets, batch=batch, beta=beta,
         mode=mode, class_balanced=class_balanced, dedup_similarity=dedup, seed=seed,
+        epig_top_classes=epig_top_classes,
     )
     try:
         result, state = run_select(config, pool=pool, posterior=posterior, target=target,

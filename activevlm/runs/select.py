@@ -8,13 +8,21 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from activevlm.acquisition import JointDraws, get_heuristic, score_pool, select_batch
+from activevlm.acquisition import (
+    Heuristic,
+    JointDraws,
+    epig_scores,
+    get_heuristic,
+    score_pool,
+    select_batch,
+)
 from activevlm.index import EmbeddingIndex, StaleIndexError, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.queue import write_queue
@@ -46,7 +54,8 @@ class SelectConfig:
     mapped to their nearest unlabelled pool neighbours (BayesVLM's protocol).
     ``pool_split``: which items may be queued (None = all). ``batch``: "topk" or "stochastic"
     (Kirsch et al. 2023, ``beta``/``mode``). ``dedup_similarity``: drop queued items whose
-    cosine similarity to an already chosen one exceeds it.
+    cosine similarity to an already chosen one exceeds it. ``epig_top_classes``: EPIG over
+    each input's top classes plus "other" (a lower bound, ``(C / (c + 1))²`` times cheaper).
     """
 
     budget: int = 500
@@ -64,6 +73,7 @@ class SelectConfig:
     dedup_similarity: float | None = None
     seed: int = 0
     chunk_size: int = 2048
+    epig_top_classes: int | None = None
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -167,14 +177,18 @@ def score_rows(pool, rows: np.ndarray, config: SelectConfig, *, head: Projection
                                           generator)
     else:
         draws = JointDraws.from_head(head, pool.text_activations)
+    h = get_heuristic(heuristic)
+    if h.name == "epig" and config.epig_top_classes is not None:
+        h = Heuristic("epig", partial(epig_scores, top_classes=config.epig_top_classes),
+                      h.requires)
     target_probs = None
-    if "target_probs" in get_heuristic(heuristic).requires:
+    if "target_probs" in h.requires:
         if target is None:
             raise ValueError(f"strategy {config.strategy!r} needs a target set (--target)")
         tpool, trows = target
         target_probs = draws.probs_chunked(_Rows(tpool.image_activations, trows),
                                            _residual(tpool, trows))
-    scores = score_pool(draws, _Rows(pool.image_activations, rows), heuristic,
+    scores = score_pool(draws, _Rows(pool.image_activations, rows), h,
                         residual=_residual(pool, rows), target_probs=target_probs,
                         external_scores=failure_prob, generator=generator,
                         chunk_size=config.chunk_size, progress=progress)
