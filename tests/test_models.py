@@ -20,7 +20,7 @@ from activevlm.models import (
 
 torch.set_num_threads(2)
 CONFIGS = Path(__file__).parent / "fixtures" / "model_configs"
-TINY = ["tiny-clip", "tiny-siglip"]
+TINY = ["tiny-clip", "tiny-siglip", "tiny-cnn-clip"]
 TEXTS = ["a photo of a cat.", "a dog", "an aeroplane in the sky", "x", "two birds on a wire"]
 ATOL = 1e-5
 
@@ -54,6 +54,11 @@ def test_image_head_reproduces_open_clip_encode_image(vlm):
         wa = vlm.head.image_embeddings(act)
         assert residual.norm() > 0.05 * ref.norm() and wa.norm() > 0.05 * ref.norm()
         assert vlm.head.image_bias is not None
+    elif vlm.name == "tiny-cnn-clip":
+        # timm trunk + linear projection (with bias): W and b are head.proj's, as stored
+        assert residual is None
+        torch.testing.assert_close(vlm.head.image_weight, vlm.model.visual.head.proj.weight)
+        torch.testing.assert_close(vlm.head.image_bias, vlm.model.visual.head.proj.bias)
     else:
         assert residual is None and vlm.head.image_bias is None
         # CLIP: open_clip stores proj as [d_in, D]; the head holds W = proj.T  ([D, d_in])

@@ -9,6 +9,9 @@ Supported towers (anything else raises :class:`UnsupportedModelError` naming the
   ``x = attn(...)``, ``out = x + fc2(act(fc1(norm(x))))`` and pools over its latent(s); the
   projection is ``fc2`` (with bias), the activation is its input and the residual ``r`` is
   the pooled ``x``. Nothing follows in timm (``fc_norm``/``head`` are identities, checked).
+- image, timm backbone with a linear projection (``timm_proj="linear"``, global pooling by
+  timm, e.g. a ResNet/ConvNeXt trunk): ``W`` is ``head.proj`` (bias optional), the activation
+  is its input (the pooled trunk features), no residual.
 - text: open_clip ``TextTransformer`` (``CLIP`` keeps its parts on the model itself,
   ``CustomTextCLIP`` in ``model.text``) with a linear ``text_projection``: an
   ``nn.Parameter [d, D]`` (``x @ P``) or an ``nn.Linear`` (SigLIP, with bias); the activation
@@ -29,8 +32,9 @@ from torch import nn
 
 SUPPORTED = (
     "image tower: open_clip VisionTransformer with a linear `proj` (CLIP ViT-B-32, ViT-B-16, "
-    "ViT-L-14, ViT-H-14, ...) or a timm VisionTransformer with a MAP attention-pool head and "
-    "timm_proj='none' (SigLIP, SigLIP2); text tower: open_clip TextTransformer with a linear "
+    "ViT-L-14, ViT-H-14, ...), a timm VisionTransformer with a MAP attention-pool head and "
+    "timm_proj='none' (SigLIP, SigLIP2), or a timm backbone with timm_proj='linear' and timm's "
+    "own global pooling; text tower: open_clip TextTransformer with a linear "
     "text_projection (nn.Parameter or nn.Linear), in a CLIP or CustomTextCLIP model"
 )
 
@@ -144,6 +148,31 @@ class TimmMapImageTower:
         self.verified = True
 
 
+class TimmLinearImageTower:
+    """timm trunk (pooled by timm) followed by open_clip's ``head = [drop, proj]``."""
+
+    def __init__(self, visual: TimmModel):
+        names = [n for n, _ in visual.head.named_children()]
+        proj = getattr(visual.head, "proj", None)
+        if names != ["drop", "proj"] or not isinstance(proj, nn.Linear):
+            raise UnsupportedModelError(f"timm tower with head layers {names} (need drop, proj)")
+        self.visual, self.proj = visual, proj
+        self.weight = proj.weight.detach()
+        self.bias = None if proj.bias is None else proj.bias.detach()
+        self.has_residual = False
+
+    def activations(self, pixels: torch.Tensor) -> tuple[torch.Tensor, None]:
+        seen: dict[str, torch.Tensor] = {}
+        hook = self.proj.register_forward_pre_hook(lambda m, inp: seen.__setitem__("a", inp[0]))
+        try:
+            self.visual(pixels)
+        finally:
+            hook.remove()
+        if seen["a"].ndim != 2:
+            raise UnsupportedModelError("timm tower whose projection input is not pooled [B, C]")
+        return seen["a"], None
+
+
 class TextTower:
     """Text side: ``weight [D, d_txt]``, ``bias [D] | None``; ``activations(tokens)``."""
 
@@ -182,5 +211,7 @@ def image_tower(model: nn.Module) -> ImageTower:
     if isinstance(visual, VisionTransformer):
         return ViTImageTower(visual)
     if isinstance(visual, TimmModel):
-        return TimmMapImageTower(visual)
+        if len(visual.head) == 0:
+            return TimmMapImageTower(visual)
+        return TimmLinearImageTower(visual)
     raise UnsupportedModelError(f"image tower {type(visual).__name__}")
