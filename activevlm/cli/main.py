@@ -50,5 +50,14 @@ from activevlm.cli import select as _select  # noqa: E402
 
 app.command("select")(_select.select)
 
+from activevlm.cli import bench as _bench  # noqa: E402
+from activevlm.cli import finetune as _finetune  # noqa: E402
+from activevlm.cli import loop as _loop  # noqa: E402
+
+app.command("finetune")(_finetune.finetune)
+app.command("loop")(_loop.loop)
+app.command("bench")(_bench.bench)
+app.command("plot")(_bench.plot)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,10 @@
+"""The demo world: generated captioned images with domain shift and a tiny model trained on them.
+
+- ``activevlm.demo.world``: ``sample`` (in memory), ``write_world`` / ``demo_dataset`` (a
+  manifest dataset in the user cache, read by the regular ``manifest:`` layout).
+- ``activevlm.demo.model``: the shipped ``activevlm-demo`` open_clip model
+  (``load_demo_vlm``, ``register_demo_model``, ``demo_checkpoint``).
+- ``activevlm.demo.pool``: ``demo_pool``, the demo world embedded by the demo model.
+- ``activevlm.demo.evaluate``: the model card's per-domain zero-shot table.
+- ``python -m activevlm.demo.train``: reproduces the shipped weights and model card.
+"""

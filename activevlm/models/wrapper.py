@@ -248,7 +248,8 @@ def load_vlm(
     ``name``: an open_clip config name (built-in or added with ``register_model_config``) or
     an ``hf-hub:``/``local-dir:`` name (weights come with it). Weights: ``pretrained`` (an
     open_clip tag, e.g. ``"laion2b_s34b_b79k"``), ``checkpoint`` (a local state-dict file), or
-    neither: random initialisation seeded by ``seed``, identical on every call.
+    neither: random initialisation seeded by ``seed``, identical on every call
+    (``"activevlm-demo"`` with neither loads its shipped weights).
     ``precision``: ``"auto"`` = fp16 autocast on CUDA, fp32 on CPU.
     ``model_id`` keys caches: ``name@tag``, ``name@sha256:<file hash>``, or
     ``name@random-init:seed=<seed>:cfg=<config hash>``.
@@ -257,6 +258,10 @@ def load_vlm(
         raise ValueError("pass either pretrained=TAG or checkpoint=PATH, not both")
     dev = resolve_device(device)
     amp_dtype = _amp_dtype(precision, dev)
+    if name == "activevlm-demo" and pretrained is None and checkpoint is None:
+        from activevlm.demo.model import demo_checkpoint  # the shipped demo weights, offline
+
+        checkpoint = demo_checkpoint()
     ckpt = None if checkpoint is None else Path(checkpoint)
     if is_schema_name(name):
         if pretrained is not None or ckpt is not None:
