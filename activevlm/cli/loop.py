@@ -25,7 +25,7 @@ def loop(
     rounds: int = typer.Option(5, "--rounds"),
     budget: int = typer.Option(50, "--budget", help="Labels per round."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, one run each."),
-    target: str | None = typer.Option(None, "--target", help="Target domain (demo: sketch)."),
+    target: str | None = typer.Option(None, "--target", help="Target domain (demo: clipart)."),
     out: Path = typer.Option(Path("runs/loop"), "--out", help="Output folder (seed<k>/ each)."),
     refit: str = typer.Option("recentre+update", "--refit",
                               help="none, recentre or recentre+update."),

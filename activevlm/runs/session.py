@@ -28,7 +28,7 @@ from activevlm.runs.select import (
 )
 from activevlm.runs.state import RunState
 
-DEMO_TARGET_DOMAIN = "sketch"
+DEMO_TARGET_DOMAIN = "clipart"
 RUN_HEAD = "head"
 RUN_POSTERIOR = "posterior"
 RUN_BASE_POSTERIOR = "posterior_base"
