@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import warnings
@@ -235,6 +236,18 @@ def _create_pretrained(name: str, tag: str):
     return model, preprocess
 
 
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """Silence open_clip's warnings (it logs on the root logger) for one call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def load_vlm(
     name: str,
     pretrained: str | None = None,
@@ -276,7 +289,8 @@ def load_vlm(
         else:
             if ckpt is not None and not ckpt.is_file():
                 raise FileNotFoundError(f"checkpoint file not found: {ckpt}")
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+                # open_clip warns "no pretrained weights" here: intended, or loaded just below
                 torch.manual_seed(seed)
                 model, _, preprocess = open_clip.create_model_and_transforms(name)
             if ckpt is None:
