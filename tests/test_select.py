@@ -13,7 +13,7 @@ from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.cli.main import app
 from activevlm.runs import RunState
 from activevlm.runs import select as select_module
-from activevlm.runs.select import SelectConfig, select_round
+from activevlm.runs.select import SelectConfig, pool_index, select_round
 from tests.toy import toy_pool
 
 runner = CliRunner()
@@ -170,3 +170,19 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
     out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
     assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
+
+
+def test_knn_prefilter_scores_only_neighbours_of_the_targets(pool, tmp_path):
+    config = SelectConfig(budget=4, strategy="entropy", target_domain="sketch", knn_prefilter=2)
+    result = select_round(pool, new_state(pool, tmp_path / "run"), config, progress=False)
+    scored = pd.read_parquet(result.paths["scores"])["sample_id"]
+    train = pool.items["split"] == "train"
+    assert len(result.queue) == 4
+    assert set(result.queue["sample_id"]) <= set(scored)
+    assert 0 < len(scored) < int(train.sum())  # a strict subset of the candidates was scored
+    # every scored item is among the 2 nearest train neighbours of some sketch val item
+    emb = pool.image_embeddings(pool.indices(domain="sketch", split="val")).numpy()
+    _, nn = pool_index(pool, pool.head, progress=False).search(emb, 2,
+                                                               exclude=~train.to_numpy())
+    allowed = set(pool.items["sample_id"].to_numpy()[np.unique(nn)])
+    assert set(scored) <= allowed

@@ -40,6 +40,9 @@ def select(
     epig_top_classes: int | None = typer.Option(
         None, "--epig-top-classes", help="EPIG over each input's top classes + 'other' "
         "(a lower bound; much faster for many classes)."),
+    knn_prefilter: int | None = typer.Option(
+        None, "--knn-prefilter", help="Score only the K nearest pool neighbours of the target "
+        "points."),
     vilu_model: Path | None = typer.Option(None, "--vilu-model",
                                            help="Trained ViLU model (strategy vilu)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -53,7 +56,7 @@ def select(
         else target_split, targeted=targeted, pool_split=None if pool_split == "all"
         else pool_split, n_draws=draws, n_targets=n_targets, batch=batch, beta=beta,
         mode=mode, class_balanced=class_balanced, dedup_similarity=dedup, seed=seed,
-        epig_top_classes=epig_top_classes,
+        epig_top_classes=epig_top_classes, knn_prefilter=knn_prefilter,
     )
     try:
         result, state = run_select(config, pool=pool, posterior=posterior, target=target,

@@ -23,7 +23,7 @@ from activevlm.acquisition import (
     score_pool,
     select_batch,
 )
-from activevlm.index import EmbeddingIndex, StaleIndexError, nearest_unique
+from activevlm.index import EmbeddingIndex, StaleIndexError, knn_candidates, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.queue import write_queue
 from activevlm.runs.state import RunState
@@ -56,6 +56,8 @@ class SelectConfig:
     (Kirsch et al. 2023, ``beta``/``mode``). ``dedup_similarity``: drop queued items whose
     cosine similarity to an already chosen one exceeds it. ``epig_top_classes``: EPIG over
     each input's top classes plus "other" (a lower bound, ``(C / (c + 1))²`` times cheaper).
+    ``knn_prefilter=k``: score only pool items among the k nearest neighbours (FAISS) of some
+    target point.
     """
 
     budget: int = 500
@@ -74,6 +76,7 @@ class SelectConfig:
     seed: int = 0
     chunk_size: int = 2048
     epig_top_classes: int | None = None
+    knn_prefilter: int | None = None
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -237,10 +240,18 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                          " needs a target domain or target pool (--target)")
     target_rows = _target_rows(target_pool, config, rng, excluded) if has_target else None
     target = None if target_rows is None else (target_pool, target_rows)
-    index = pool_index(pool, head, progress) if (config.targeted or config.dedup_similarity) \
-        else None
+    needs_index = config.targeted or config.dedup_similarity or config.knn_prefilter
+    index = pool_index(pool, head, progress) if needs_index else None
     excluded_rows = np.ones(len(ids), dtype=bool)
     excluded_rows[candidates] = False
+    if config.knn_prefilter and not config.targeted:
+        if target_rows is None:
+            raise ValueError("knn_prefilter needs a target domain or target pool (--target)")
+        target_emb = _image_embeddings(target_pool, head, target_rows)
+        candidates = knn_candidates(index, target_emb, config.knn_prefilter,
+                                    exclude=excluded_rows)
+        excluded_rows[:] = True
+        excluded_rows[candidates] = False
 
     if config.targeted:
         # BayesVLM protocol: score the target points, map the best to nearest pool items.
@@ -270,7 +281,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         chosen = select_batch(np.where(np.isfinite(full), full, 0.0), config.budget,
                               strategy=round_config.batch, seed=round_config.seed,
                               beta=config.beta, mode=config.mode, exclude=excluded_rows,
-                              predicted_class=predicted, index=index,
+                              predicted_class=predicted,
+                              index=index if config.dedup_similarity else None,
                               min_similarity=config.dedup_similarity)
         chosen_scores = full[chosen]
 
