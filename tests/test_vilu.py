@@ -383,3 +383,24 @@ def test_cli_train_and_eval(planted_pool, tmp_path):
     res = runner.invoke(app, ["vilu", "eval", "--pool", str(pool.path), "--model",
                               str(tmp_path / "other"), "--device", "cpu"])
     assert res.exit_code == 1 and "another-vlm" in res.output and "table-vlm" in res.output
+
+
+def test_class_subset_pools_judge_correctness_among_the_subset(tmp_path):
+    """ImageNet-R/A style: only the dataset's classes are candidates, as in evaluation."""
+    from activevlm.evaluation import predict_zeroshot
+    from tests.toy import toy_pool
+
+    pool = toy_pool(tmp_path, class_subset=[0, 2, 3], per=6)
+    assert pool.class_subset == [0, 2, 3]
+    model = fit_vilu_on_pool(pool, split=None, config=ViLUConfig(**FAST), device="cpu",
+                             progress=False)
+    scores = score_pool(model, pool, device="cpu", baselines=False)
+    pred = predict_zeroshot(pool)  # restricted to the subset by the evaluation layer
+    assert list(pred.class_ids) == [0, 2, 3]
+    np.testing.assert_array_equal(scores.correct,
+                                  pred.probs["deterministic"].argmax(1) == pred.labels)
+    subset_txt = pool.text_embeddings()[[0, 2, 3]]
+    img = pool.image_embeddings()
+    position = {0: 0, 2: 1, 3: 2}
+    labels = np.array([position[y] for y in pool.items["label"]])
+    np.testing.assert_array_equal(scores.correct, zero_shot_correct(img, subset_txt, labels))

@@ -4,12 +4,11 @@ from activevlm.evaluation.reliability import reliability_diagram
 from activevlm.evaluation.zeroshot import (
     ZeroShotPredictions,
     evaluate_zeroshot,
-    pool_class_subset,
     predict_zeroshot,
     summarize,
 )
 
 __all__ = [
-    "ZeroShotPredictions", "evaluate_zeroshot", "pool_class_subset", "predict_zeroshot",
+    "ZeroShotPredictions", "evaluate_zeroshot", "predict_zeroshot",
     "reliability_diagram", "summarize",
 ]

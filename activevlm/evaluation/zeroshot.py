@@ -43,13 +43,6 @@ class ZeroShotPredictions:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def pool_class_subset(pool) -> list[int] | None:
-    """The ``class_subset`` recorded in the pool's dataset description (ImageNet-R/A), or None."""
-    desc = pool.manifest.get("dataset", {}).get("description") or {}
-    subset = desc.get("class_subset")
-    return None if subset is None else sorted(int(c) for c in subset)
-
-
 def _select(pool, indices, domain, split) -> np.ndarray:
     if indices is None:
         idx = pool.indices(domain=domain, split=split, labelled=True)
@@ -116,7 +109,7 @@ def predict_zeroshot(
         raise ValueError(f"posterior was fitted for model_id {posterior.model_id!r} but pool "
                          f"{pool.path} was embedded with {pool.model_id!r}")
     idx = _select(pool, indices, domain, split)
-    subset = pool_class_subset(pool) if class_subset == "auto" else class_subset
+    subset = pool.class_subset if class_subset == "auto" else class_subset
     class_ids = np.arange(len(pool.classnames)) if subset is None else np.asarray(subset)
     labels = _label_positions(pool.items["label"].to_numpy()[idx], class_ids, pool)
     domains = pool.items["domain"].to_numpy()[idx]

@@ -87,6 +87,13 @@ class Pool:
             res = torch.from_numpy(self.image_residuals[rows])
         return self.head.image_embeddings(act, res)
 
+    @property
+    def class_subset(self) -> list[int] | None:
+        """Class ids the dataset can contain (ImageNet-R/A: 200 of the 1000), None for all."""
+        desc = self.manifest.get("dataset", {}).get("description") or {}
+        subset = desc.get("class_subset")
+        return None if subset is None else sorted(int(c) for c in subset)
+
     def text_embeddings(self) -> torch.Tensor:
         """Unnormalised class text embeddings ``[C, D]`` (float32, CPU)."""
         return self.head.text_embeddings(torch.from_numpy(self.text_activations))

@@ -54,9 +54,8 @@ def fit_vilu_on_pool(
     if captions:
         _caption_pool(pool)
         return fit_vilu(img, pool.caption_embeddings(idx), **common)
-    txt = pool.text_embeddings()
-    labels = pool.items["label"].to_numpy()[idx]
-    return fit_vilu(img, txt, zero_shot_correct(img, txt, labels), **common)
+    txt, _, labels = _class_candidates(pool)
+    return fit_vilu(img, txt, zero_shot_correct(img, txt, labels[idx]), **common)
 
 
 @dataclass
@@ -85,11 +84,28 @@ def _blocks(model: ViLUModel, pool: Pool, idx: np.ndarray) -> Iterator[tuple]:
             yield (rows, pool.image_embeddings(rows), pool.caption_embeddings(rows),
                    pool.caption_activations[rows], np.arange(rows.size))
     else:
-        txt = pool.text_embeddings()
-        labels = pool.items["label"].to_numpy()
+        txt, txt_act, labels = _class_candidates(pool)
         for start in range(0, idx.size, CHUNK):
             rows = idx[start:start + CHUNK]
-            yield rows, pool.image_embeddings(rows), txt, pool.text_activations, labels[rows]
+            yield rows, pool.image_embeddings(rows), txt, txt_act, labels[rows]
+
+
+def _class_candidates(pool: Pool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Candidate class embeddings ``[C', D]``, their activations and the items' labels as
+    positions among them: all classes, or the dataset's ``class_subset`` (ImageNet-R/A),
+    so correctness means what zero-shot evaluation means. Unknown labels stay -1."""
+    labels = pool.items["label"].to_numpy()
+    subset = pool.class_subset
+    if subset is None:
+        return pool.text_embeddings(), np.asarray(pool.text_activations), labels
+    position = np.full(len(pool.classnames), -1, dtype=np.int64)
+    position[subset] = np.arange(len(subset))
+    outside = sorted(set(labels[labels >= 0].tolist()) - set(subset))
+    if outside:
+        raise ValueError(f"pool {pool.path}: labels {outside[:10]} are outside the dataset's "
+                         "class_subset")
+    mapped = np.where(labels >= 0, position[np.maximum(labels, 0)], -1)
+    return (pool.text_embeddings()[subset], np.asarray(pool.text_activations)[subset], mapped)
 
 
 @torch.no_grad()
