@@ -13,6 +13,8 @@ from pathlib import Path
 
 import open_clip
 
+from activevlm.utils.io import read_json
+
 REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 
@@ -22,10 +24,7 @@ def _read_config(path: Path) -> dict:
         raise ValueError(f"model config must be a .json file (the file stem is the name): {path}")
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"model config {path} is not valid JSON: {e}") from e
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise ValueError(f"model config {path} must hold a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in cfg]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from activevlm.models.head import ProjectionHead
 from activevlm.pool import layout
 from activevlm.pool.layout import PoolError
 from activevlm.pool.sharded import ShardedArray
+from activevlm.utils.io import read_json
 
 
 @dataclass
@@ -115,9 +115,9 @@ def read_manifest(path: Path) -> dict:
     if not file.exists():
         raise PoolError(f"{file} is missing: {path} is not a pool directory")
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise PoolError(f"{file} is not valid JSON: {e}") from e
+        manifest = read_json(file)
+    except ValueError as e:
+        raise PoolError(str(e)) from e
     if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT:
         raise PoolError(f"{file}: field 'format' must be {layout.FORMAT!r}")
     version = manifest.get("format_version")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from activevlm.utils.io import atomic_write_json
+from activevlm.utils.io import atomic_write_json, read_json
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -60,10 +59,7 @@ class RunState:
         file = path / STATE_FILE
         if not file.exists():
             raise FileNotFoundError(f"no run at {path}: {file} is missing")
-        try:
-            raw = json.loads(file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file} is not valid JSON: {e}") from e
+        raw = read_json(file)
         version = raw.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{file}: format_version {version!r}, expected {FORMAT_VERSION}")
