@@ -21,6 +21,7 @@ from activevlm.finetune import (
     refit_posterior,
     stratified_split,
 )
+from activevlm.finetune.projection import auto_batch_size
 from activevlm.models.head import ProjectionHead
 
 D, D_IMG, D_TXT, C = 16, 40, 24, 8
@@ -105,6 +106,23 @@ def test_finetuning_fixes_the_planted_classes_and_beats_zero_shot():
     assert res.head.logit_scale == w.head.logit_scale
     assert res.head.metadata["finetune"]["best_epoch"] == res.best_epoch
     assert res.val_indices.size == 0 and res.train_indices.size == 400
+
+
+def test_few_labels_get_enough_steps_with_the_automatic_batch_size():
+    """40 labels: the automatic batch (8) trains the head in 10 epochs; one fixed batch of 256
+    is a single step per epoch and stays near zero-shot (the demo benchmark's old bug)."""
+    w = World(1)
+    act, y, _ = w.sample(40)
+    v_act, v_y, _ = w.sample(1000)
+    assert auto_batch_size(40) == 8 and auto_batch_size(10**5) == 256
+    accs = {}
+    for bs in (None, 256):
+        cfg = FinetuneConfig(max_epochs=10, batch_size=bs)  # the default lr, 1e-3
+        res = finetune_head(w.head, act, y, w.text, val=(v_act, v_y), config=cfg,
+                            progress=False)
+        accs[bs] = reference_eval(res.head, v_act, v_y, w.text)[1]
+    zs_acc = reference_eval(w.head, v_act, v_y, w.text)[1]
+    assert accs[None] > accs[256] + 0.1 and accs[None] > zs_acc + 0.2
 
 
 def test_early_stopping_restores_the_best_epoch_of_an_overfitting_run():

@@ -212,3 +212,17 @@ def test_loop_cli_runs_two_seeds(pool, tmp_path):
     for seed in (0, 1):
         m = read_metrics(tmp_path / "loop" / f"seed{seed}")
         assert m["n_labels"].tolist() == [0, 5] and bool(m["targeted"].all())
+
+
+def test_failure_probabilities_use_msp_with_a_single_wrong_prediction(pool):
+    """ViLU holds out one right and one wrong item: with only one wrong label the loop must
+    fall back to MSP instead of failing (a well fine-tuned head reaches this)."""
+    head = pool.head
+    rows = pool.indices(split="train")
+    g = pool.image_embeddings()[rows]
+    labels = head.logits(g, pool.text_embeddings()).argmax(-1).numpy().copy()
+    labels[0] = (labels[0] + 1) % len(pool.classnames)  # the only wrong prediction
+    p, source = failure_probabilities(pool, head, rows, labels, ViLUConfig(epochs=3, hidden=(8,)),
+                                      min_labels=5, device="cpu")
+    assert source == "msp"
+    np.testing.assert_allclose(p, msp_failure(pool, head), atol=0)

@@ -46,6 +46,11 @@ ValidationData = tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, Array
 EVAL_CHUNK = 8192  # rows per forward pass when evaluating (bounds the [rows, C] logits)
 
 
+def auto_batch_size(n: int) -> int:
+    """Mini-batch size for ``n`` training labels: ~10 steps per epoch, within [8, 256]."""
+    return int(min(256, max(8, n // 10)))
+
+
 @dataclass
 class FinetuneConfig:
     """Hyper-parameters of :func:`finetune_head`.
@@ -59,13 +64,15 @@ class FinetuneConfig:
     (:func:`stratified_split`) when no validation data is given, 0 disables early stopping;
     ``l2_to_init``: strength of the relative pull towards the starting weights (module
     docstring); ``seed`` drives the split and the mini-batch order; ``device``: "auto" (CUDA
-    when present) | "cpu" | "cuda[:i]".
+    when present) | "cpu" | "cuda[:i]". ``batch_size=None`` picks :func:`auto_batch_size`,
+    so that a few dozen labels still get ~10 optimiser steps per epoch (a fixed 256 gave
+    them one step per epoch and left the head under-trained).
     """
 
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_epochs: int = 50
-    batch_size: int = 256
+    batch_size: int | None = None
     patience: int = 5
     val_fraction: float = 0.2
     train_text: bool = False
@@ -76,7 +83,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         checks = {
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0,
-            "max_epochs": self.max_epochs >= 1, "batch_size": self.batch_size >= 1,
+            "max_epochs": self.max_epochs >= 1,
+            "batch_size": self.batch_size is None or self.batch_size >= 1,
             "patience": self.patience >= 1, "val_fraction": 0 <= self.val_fraction < 1,
             "l2_to_init": self.l2_to_init >= 0,
         }
@@ -298,6 +306,7 @@ def finetune_head(
                             fused=device.type in ("cpu", "cuda"))
     gen = torch.Generator().manual_seed(cfg.seed)
     n = act.shape[0]
+    batch_size = cfg.batch_size or auto_batch_size(n)
 
     rows = []
 
@@ -318,8 +327,8 @@ def finetune_head(
         task = bar.add_task("fine-tuning", total=cfg.max_epochs)
         for epoch in range(1, cfg.max_epochs + 1):
             order = torch.randperm(n, generator=gen)
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
                 a = act[idx].to(device)
                 r = None if res is None else res[idx].to(device)
                 view = trainer.view()

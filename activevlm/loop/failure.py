@@ -41,14 +41,15 @@ def failure_probabilities(pool, head: ProjectionHead, rows: np.ndarray, labels: 
 
     ``source == "vilu"``: a ViLU model trained on whether ``head`` classifies the labelled
     ``rows`` (labels ``labels``) correctly; ``"msp"``: 1 − max probability, used when there
-    are fewer than ``min_labels`` labels or they are all right (or all wrong).
+    are fewer than ``min_labels`` labels or fewer than 2 right or 2 wrong (ViLU holds out at
+    least one of each for validation).
     """
     if len(rows) >= min_labels:
         with torch.no_grad():
             img = _embeddings(pool, head, rows)
             txt = head.text_embeddings(torch.from_numpy(pool.text_activations))
         correct = zero_shot_correct(img, txt, labels)
-        if 0 < correct.sum() < len(correct):
+        if 2 <= correct.sum() <= len(correct) - 2:
             model = fit_vilu(img, txt, correct, config=config, logit_scale=head.logit_scale,
                              model_id="", device=device, progress=progress)
             with torch.no_grad():
