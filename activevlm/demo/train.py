@@ -68,6 +68,22 @@ def infonce(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def contrastive_step(model: torch.nn.Module, tokenizer, opt: torch.optim.Optimizer,
+                     sched, pixels: torch.Tensor, texts: list[str],
+                     labels: torch.Tensor) -> float:
+    """One optimiser step of :func:`infonce` on ``pixels [B, 3, H, W]`` and their ``texts``;
+    the learnable scale is kept <= 100 as in CLIP. Returns the loss."""
+    loss = infonce(model.encode_image(pixels), model.encode_text(tokenizer(texts)),
+                   model.logit_scale.exp(), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
 def train(seed: int, epochs: int, per_class: int, batch_size: int, lr: float,
           warmup_steps: int, plain_fraction: float, weight_decay: float,
           threads: int) -> tuple[torch.nn.Module, list[dict]]:
@@ -108,15 +124,8 @@ def train(seed: int, epochs: int, per_class: int, batch_size: int, lr: float,
             texts = [PROMPT_TEMPLATES[int(text_rng.integers(len(PROMPT_TEMPLATES)))].format(
                 CLASSNAMES[int(labels[i])]) if text_rng.random() < plain_fraction
                 else captions[i] for i in idx.tolist()]
-            img, txt = model.encode_image(pixels[idx]), model.encode_text(tokenizer(texts))
-            loss = infonce(img, txt, model.logit_scale.exp(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append(contrastive_step(model, tokenizer, opt, sched, pixels[idx], texts,
+                                           labels[idx]))
         model.eval()
         acc = zero_shot_accuracy(model.encode_image,
                                  lambda texts: model.encode_text(tokenizer(texts)), monitor)

@@ -7,8 +7,8 @@ The model is ``activevlm-pacs`` (``activevlm-pacs.json`` beside this file: the d
 architecture, a timm ``test_resnet`` image tower at 64x64 and a 2-layer text tower). It is
 trained from scratch on the train split of the source domains (photo and art_painting by
 default; the 96x96 images are resized to 64x64) with the demo's UniCL-style InfoNCE
-(:func:`activevlm.demo.train.infonce`), AdamW, warm-up and cosine. Each image's text is, with
-probability ``plain_fraction``, a domain-free class prompt, else a caption naming its
+(:func:`activevlm.demo.train.contrastive_step`), AdamW, warm-up and cosine. Each image's
+text is, with probability ``plain_fraction``, a domain-free class prompt, else a caption naming its
 domain ("a painting of a horse."). Weights and the pool live under
 ``$XDG_CACHE_HOME/activevlm/pacs/<key>/`` (default ``~/.cache``), ``key`` hashing the
 training settings, the model config and the list of training files: PACS is not ours to
@@ -33,7 +33,7 @@ from rich.progress import track
 from safetensors.torch import save_file
 
 from activevlm.data import ImageDataset, load_dataset
-from activevlm.demo.train import infonce
+from activevlm.demo.train import contrastive_step
 from activevlm.demo.world import cache_dir
 from activevlm.models import load_vlm
 from activevlm.models.registry import register_model_config
@@ -163,16 +163,8 @@ def train_clip(dataset: ImageDataset, settings: TrainSettings, log=print
                      if rng.random() < settings.plain_fraction else
                      CAPTIONS[rng.integers(len(CAPTIONS))].format(
                          d=DOMAIN_WORDS[domains[i]], c=names[labels[i]]) for i in idx]
-            img = model.encode_image(augment(pixels[idx], gen))
-            loss = infonce(img, model.encode_text(tokenizer(texts)), model.logit_scale.exp(),
-                           labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
+            losses.append(contrastive_step(model, tokenizer, opt, sched,
+                                           augment(pixels[idx], gen), texts, labels[idx]))
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                "logit_scale": float(model.logit_scale.detach().exp()),
                "seconds": round(time.time() - t0, 2)}
