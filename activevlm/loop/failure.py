@@ -11,17 +11,6 @@ from activevlm.vilu import ViLUConfig, failure_scores, fit_vilu, zero_shot_corre
 CHUNK = 8192
 
 
-def _embeddings(pool, head: ProjectionHead, rows: np.ndarray) -> torch.Tensor:
-    out = []
-    for i in range(0, len(rows), CHUNK):
-        r = rows[i:i + CHUNK]
-        act = torch.from_numpy(np.asarray(pool.image_activations[r], dtype=np.float32))
-        res = (None if pool.image_residuals is None
-               else torch.from_numpy(np.asarray(pool.image_residuals[r], dtype=np.float32)))
-        out.append(head.image_embeddings(act, res))
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def msp_failure(pool, head: ProjectionHead) -> np.ndarray:
     """``1 − max_c softmax(logits)`` ``[N]`` of ``head`` over all pool rows."""
@@ -29,7 +18,7 @@ def msp_failure(pool, head: ProjectionHead) -> np.ndarray:
     rows = np.arange(len(pool.items))
     out = []
     for i in range(0, len(rows), CHUNK):
-        g = _embeddings(pool, head, rows[i:i + CHUNK])
+        g = pool.image_embeddings(rows[i:i + CHUNK], head)
         out.append(1.0 - torch.softmax(head.logits(g, txt), dim=-1).max(dim=-1).values)
     return torch.cat(out).double().numpy()
 
@@ -46,14 +35,14 @@ def failure_probabilities(pool, head: ProjectionHead, rows: np.ndarray, labels: 
     """
     if len(rows) >= min_labels:
         with torch.no_grad():
-            img = _embeddings(pool, head, rows)
+            img = pool.image_embeddings(rows, head)
             txt = head.text_embeddings(torch.from_numpy(pool.text_activations))
         correct = zero_shot_correct(img, txt, labels)
         if 2 <= correct.sum() <= len(correct) - 2:
             model = fit_vilu(img, txt, correct, config=config, logit_scale=head.logit_scale,
                              model_id="", device=device, progress=progress)
             with torch.no_grad():
-                all_img = _embeddings(pool, head, np.arange(len(pool.items)))
+                all_img = pool.image_embeddings(head=head)
             return failure_scores(model, (all_img, txt), device=device).astype(np.float64), \
                 "vilu"
     return msp_failure(pool, head), "msp"

@@ -78,14 +78,24 @@ class Pool:
             keep &= known if labelled else ~known
         return np.flatnonzero(keep)
 
-    def image_embeddings(self, idx=None) -> torch.Tensor:
-        """Unnormalised image embeddings ``[n, D]`` (float32, CPU) via the stored head."""
-        rows = slice(None) if idx is None else idx
-        act = torch.from_numpy(self.image_activations[rows])
-        res = None
-        if self.image_residuals is not None:
-            res = torch.from_numpy(self.image_residuals[rows])
-        return self.head.image_embeddings(act, res)
+    def image_embeddings(self, idx=None, head: ProjectionHead | None = None,
+                         chunk_size: int = 8192) -> torch.Tensor:
+        """Unnormalised image embeddings ``[n, D]`` (float32, CPU) of rows ``idx`` (int or bool
+        array; default all) under ``head`` (default: the stored one, e.g. a fine-tuned head
+        otherwise), read ``chunk_size`` rows at a time."""
+        head = self.head if head is None else head
+        rows = np.arange(len(self.items)) if idx is None else np.asarray(idx)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        out = []
+        for i in range(0, len(rows), chunk_size):
+            r = rows[i:i + chunk_size]
+            act = torch.from_numpy(np.asarray(self.image_activations[r], dtype=np.float32))
+            res = None
+            if self.image_residuals is not None:
+                res = torch.from_numpy(np.asarray(self.image_residuals[r], dtype=np.float32))
+            out.append(head.image_embeddings(act, res))
+        return torch.cat(out) if out else torch.empty(0, head.embed_dim)
 
     @property
     def class_subset(self) -> list[int] | None:

@@ -118,20 +118,11 @@ def pool_index(pool, head: ProjectionHead, progress: bool = True) -> EmbeddingIn
         return EmbeddingIndex.load(folder, model_id=pool.model_id, ids=ids, embedding_kind=kind)
     except (FileNotFoundError, StaleIndexError):
         pass
-    emb = _image_embeddings(pool, head, np.arange(len(pool.items)))
+    emb = pool.image_embeddings(head=head).numpy()
     index = EmbeddingIndex.build(emb, ids=ids, model_id=pool.model_id, embedding_kind=kind,
                                  progress=progress)
     index.save(folder)
     return index
-
-
-def _image_embeddings(pool, head: ProjectionHead, rows: np.ndarray, chunk: int = 8192):
-    out = []
-    for i in range(0, len(rows), chunk):
-        r = rows[i : i + chunk]
-        res = None if pool.image_residuals is None else torch.from_numpy(pool.image_residuals[r])
-        out.append(head.image_embeddings(torch.from_numpy(pool.image_activations[r]), res))
-    return torch.cat(out).numpy()
 
 
 class _Rows:
@@ -247,7 +238,7 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     if config.knn_prefilter and not config.targeted:
         if target_rows is None:
             raise ValueError("knn_prefilter needs a target domain or target pool (--target)")
-        target_emb = _image_embeddings(target_pool, head, target_rows)
+        target_emb = target_pool.image_embeddings(target_rows, head).numpy()
         candidates = knn_candidates(index, target_emb, config.knn_prefilter,
                                     exclude=excluded_rows)
         excluded_rows[:] = True
@@ -263,7 +254,7 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                             failure_prob=None if failure_prob is None else failure_prob[scored])
         order = select_batch(scores, len(scores), strategy=round_config.batch,
                              seed=round_config.seed, beta=config.beta, mode=config.mode)
-        target_emb = _image_embeddings(target_pool, head, target_rows[order])
+        target_emb = target_pool.image_embeddings(target_rows[order], head).numpy()
         chosen = nearest_unique(index, target_emb, config.budget, exclude=excluded_rows)
         row_score = dict(zip(target_rows[order], scores[order], strict=True))
         neighbour_of = np.resize(target_rows[order], len(chosen))  # round-robin mapping
@@ -312,6 +303,6 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
 
 def _map_probs(pool, head: ProjectionHead, rows: np.ndarray) -> np.ndarray:
     """Deterministic class probabilities ``[len(rows), C]`` of the current head."""
-    g = torch.from_numpy(_image_embeddings(pool, head, rows))
+    g = pool.image_embeddings(rows, head)
     h = head.text_embeddings(torch.from_numpy(np.asarray(pool.text_activations)))
     return torch.softmax(head.logits(g, h), dim=-1).numpy()
