@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 
 from activevlm.bench import load_grid_config, plot_results, run_grid, summary_table
 from activevlm.loop import LoopConfig
+from activevlm.pool import open_pool
 from tests.toy import toy_pool
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
@@ -20,7 +22,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     pool = toy_pool(root, domains=("photo", "sketch"), per=10)
-    cfg = {"name": "toy", "seeds": [0, 1], "strategies": ["random", "entropy"],
+    balanced = {"name": "entropy-balanced", "strategy": "entropy",
+                "select": {"class_balanced": True}}
+    cfg = {"name": "toy", "seeds": [0, 1], "strategies": ["random", "entropy", balanced],
            "loop": {"rounds": 2, "budget": 5, "finetune": {"max_epochs": 5}},
            "datasets": [{"name": "toy", "pool": str(pool.path), "targets": ["sketch"]}]}
     path = root / "toy.yaml"
@@ -32,7 +36,7 @@ def grid(tmp_path_factory):
 def test_grid_writes_one_row_per_cell_and_round(grid):
     _, _, results = grid
     df = pd.read_parquet(results)
-    assert len(df) == 2 * 2 * 3  # strategies x seeds x (round 0 + 2 rounds)
+    assert len(df) == 3 * 2 * 3  # strategies x seeds x (round 0 + 2 rounds)
     assert not df.duplicated(["strategy", "seed", "round"]).any()
     assert set(df["dataset"]) == {"toy"} and set(df["target"]) == {"sketch"}
     assert sorted(df["n_labels"].unique()) == [0, 5, 10]
@@ -41,6 +45,33 @@ def test_grid_writes_one_row_per_cell_and_round(grid):
         assert col in df and df[col].notna().all()
     # round 0 is the same zero-shot model in every cell
     assert df.loc[df["round"] == 0, "accuracy"].nunique() == 1
+
+
+def test_a_named_variant_runs_its_own_select_options(grid):
+    _, out, results = grid
+    df = pd.read_parquet(results)
+    assert set(df["strategy"]) == {"random", "entropy", "entropy-balanced"}
+    cells = out / "runs" / "toy" / "sketch"
+    for name, balanced in (("entropy", False), ("entropy-balanced", True)):
+        loop = json.loads((cells / name / "seed0" / "loop.json").read_text())
+        assert loop["config"]["strategy"] == "entropy"
+        assert loop["config"]["select"]["class_balanced"] is balanced
+        assert loop["config"]["finetune"]["max_epochs"] == 5  # the loop's options still apply
+
+
+def test_rounds_record_what_their_batch_held(grid):
+    _, out, results = grid
+    df = pd.read_parquet(results)
+    pool = open_pool(json.loads((out / "runs/toy/sketch/random/seed0/state.json")
+                                .read_text())["pool"])
+    items = pool.items.set_index("sample_id")
+    for row in df[df["round"] > 0].itertuples():
+        cell = out / "runs" / "toy" / "sketch" / row.strategy / f"seed{row.seed}"
+        queued = items.loc[pd.read_parquet(cell / f"round_{row.round - 1:03d}" /
+                                           "queue.parquet")["sample_id"]]
+        assert row.target_share == pytest.approx((queued["domain"] == "sketch").mean())
+        assert row.n_classes_new == queued["label"].nunique()
+    assert df.loc[df["round"] == 0, "target_share"].isna().all()
 
 
 def test_rerun_resumes_without_redoing_cells(grid):
@@ -85,6 +116,14 @@ def test_config_errors_name_the_problem(tmp_path):
         load_grid_config({**base, "seed": 1})
     with pytest.raises(ValueError, match="unknown strategy"):
         load_grid_config({**base, "strategies": ["rnd"]})
+    with pytest.raises(ValueError, match="unknown select option"):
+        load_grid_config({**base, "strategies": [{"name": "e", "strategy": "epig",
+                                                  "select": {"balanced": True}}]})
+    with pytest.raises(ValueError, match="mapping with 'name', 'strategy'"):
+        load_grid_config({**base, "strategies": [{"strategy": "epig"}]})
+    with pytest.raises(ValueError, match="more than once"):
+        load_grid_config({**base, "strategies": ["random", {"name": "random",
+                                                            "strategy": "entropy"}]})
     with pytest.raises(ValueError, match="environment variable"):
         run_grid({**base, "datasets": [{"name": "x", "pool": "$ACTIVEVLM_NO_SUCH_VAR/p"}]},
                  tmp_path, progress=False)

@@ -3,6 +3,8 @@ human-in-the-loop round trip select -> labels import -> finetune -> select throu
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,6 +105,19 @@ def test_resume_refuses_other_settings(pool, tmp_path):
         run_loop(pool, config(rounds=0, budget=7), tmp_path / "run", seed=0, progress=False)
     with pytest.raises(ValueError, match="seed"):
         run_loop(pool, config(rounds=0), tmp_path / "run", seed=1, progress=False)
+
+
+def test_resume_accepts_a_run_made_before_an_option_existed(pool, tmp_path):
+    run = tmp_path / "run"
+    run_loop(pool, config(rounds=0), run, seed=0, progress=False, log=lambda *a: None)
+    record = json.loads((run / "loop.json").read_text())
+    del record["config"]["select"]["balance_within"]  # as written by an older version
+    (run / "loop.json").write_text(json.dumps(record))
+    run_loop(pool, config(rounds=0), run, seed=0, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="select"):  # a non-default value is a change
+        run_loop(pool, config(rounds=0, select={"n_draws": 8, "n_targets": 16,
+                                               "balance_within": 2.0}), run, seed=0,
+                 progress=False)
 
 
 def stacked(weight, bias):

@@ -5,7 +5,11 @@ Config (a dict or a YAML file)::
 
     name: demo
     seeds: [0, 1, 2]
-    strategies: [random, random-targeted, entropy, bald, epig, vilu+epig]
+    strategies:                    # a strategy name, or a named variant with select options
+      - random
+      - random-targeted
+      - epig
+      - {name: epig-balanced, strategy: epig, select: {class_balanced: true}}
     loop: {rounds: 4, budget: 25, select: {n_draws: 50}}   # LoopConfig fields, all cells
     datasets:
       - name: demo
@@ -16,9 +20,11 @@ Config (a dict or a YAML file)::
                                    # Hessians); default: fitted on the pool
         loop: {}                   # optional per-dataset LoopConfig overrides
 
-Each cell is a :func:`activevlm.loop.run_loop` directory under ``out/runs/<dataset>/<target>/
-<strategy>/seed<k>``, so an interrupted grid resumes where it stopped; the base posterior is
-fitted once per dataset (``out/posteriors/<dataset>``) and shared by its cells.
+A variant's ``select`` options override the loop's for its cells only; its ``name`` is its
+``strategy`` in the results and its folder. Each cell is a :func:`activevlm.loop.run_loop`
+directory under ``out/runs/<dataset>/<target>/<strategy>/seed<k>``, so an interrupted grid
+resumes where it stopped; the base posterior is fitted once per dataset
+(``out/posteriors/<dataset>``) and shared by its cells.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ RESULTS_FILE = "results.parquet"
 GRID_KEYS = {"name", "seeds", "strategies", "loop", "datasets"}
 DATASET_KEYS = {"name", "pool", "per_class", "targets", "loop", "posterior"}
 KEY_COLUMNS = ["dataset", "target", "strategy", "targeted", "seed", "round"]
+VARIANT_KEYS = {"name", "strategy", "select"}
 
 
 def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True):
@@ -84,9 +91,29 @@ def load_grid_config(config: dict | str | Path) -> dict:
         if bad or "pool" not in ds or "name" not in ds:
             raise ValueError(f"benchmark config: datasets[{i}] needs 'name' and 'pool' and may "
                              f"have {sorted(DATASET_KEYS)}; unknown: {bad}")
-    for strategy in config["strategies"]:  # fail before any work on a typo
-        LoopConfig(strategy=strategy)
+    names = [variant_of(s)[0] for s in config["strategies"]]  # fails early on a typo
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"benchmark config: strategy name(s) {repeated} appear more than once")
     return config
+
+
+def variant_of(entry: str | dict) -> tuple[str, str, dict]:
+    """``(name, strategy, select overrides)`` of a ``strategies`` entry: a strategy name, or
+    ``{name, strategy, select}`` (a named variant, e.g. class-balanced EPIG)."""
+    if isinstance(entry, str):
+        name, strategy, select = entry, entry, {}
+    elif isinstance(entry, dict) and {"name", "strategy"} <= set(entry) <= VARIANT_KEYS:
+        name, strategy, select = str(entry["name"]), str(entry["strategy"]), \
+            dict(entry.get("select") or {})
+    else:
+        raise ValueError(f"benchmark config: strategy entry {entry!r} must be a strategy name "
+                         f"or a mapping with 'name', 'strategy' and optional 'select'")
+    LoopConfig.from_dict({"strategy": strategy, "select": select})
+    if "/" in name or not name.strip():
+        raise ValueError(f"benchmark config: strategy name {name!r} must be a non-empty "
+                         "folder name")
+    return name, strategy, select
 
 
 def _base_posterior(pool, config: LoopConfig, folder: Path, given: str | None,
@@ -134,15 +161,17 @@ def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = Tru
                                    ds.get("posterior"), progress)
             for target in ds.get("targets") or [default_target]:
                 tname = "all" if target is None else str(target)
-                for strategy in grid["strategies"]:
-                    cfg = LoopConfig.from_dict({**loop_raw, "strategy": strategy,
-                                                "target_domain": target})
+                for entry in grid["strategies"]:
+                    name, strategy, select = variant_of(entry)
+                    cfg = LoopConfig.from_dict({
+                        **loop_raw, "strategy": strategy, "target_domain": target,
+                        "select": {**(loop_raw.get("select") or {}), **select}})
                     for seed in grid["seeds"]:
-                        bar.update(task, description=f"{ds['name']}/{tname}/{strategy}/"
-                                                     f"seed{seed}")
-                        cell = out / "runs" / ds["name"] / tname / strategy / f"seed{seed}"
+                        bar.update(task, description=f"{ds['name']}/{tname}/{name}/seed{seed}")
+                        cell = out / "runs" / ds["name"] / tname / name / f"seed{seed}"
                         df = run_loop(pool, cfg, cell, int(seed), posterior=base,
                                       progress=False, log=lambda *a, **k: None)
+                        df["strategy"] = name
                         df.insert(0, "target", tname)
                         df.insert(0, "dataset", ds["name"])
                         tables.append(df)

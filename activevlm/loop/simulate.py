@@ -63,13 +63,28 @@ def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str
         if old.get(key) != record[key]:
             raise ValueError(f"{path}: this run has {key}={old.get(key)!r}, not "
                              f"{record[key]!r}; use another output directory")
-    changed = sorted(k for k in record["config"]
-                     if k != "rounds" and old["config"].get(k) != record["config"][k])
+    defaults = json.loads(json.dumps(LoopConfig().to_dict()))
+    changed = sorted(k for k in record["config"] if k != "rounds" and not _same_setting(
+        old["config"].get(k, _MISSING), record["config"][k], defaults[k]))
     if changed:
         raise ValueError(f"{path}: the run was made with other loop settings for {changed}; "
                          "use another output directory (only 'rounds' may change)")
     if old["config"]["rounds"] != config.rounds:
         atomic_write_json(path, record)
+
+
+_MISSING = object()
+
+
+def _same_setting(old, new, default) -> bool:
+    """Whether a stored setting equals the current one; an option the stored run predates
+    (missing there) counts as equal when the current value is its default."""
+    if old is _MISSING:
+        return new == default
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(_same_setting(old.get(k, _MISSING), v, default.get(k) if
+                                 isinstance(default, dict) else None) for k, v in new.items())
+    return old == new
 
 
 def _rows_of(pool, domain, split) -> np.ndarray:
@@ -89,9 +104,11 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     Row columns: ``round``, ``n_labels``, ``n_new``, ``strategy``, ``targeted``, ``seed``,
     ``n_test``, ``accuracy``, ``nll``, ``ece``, ``brier``, ``bayes_*`` (the same for the
     posterior predictive), ``failure_source`` (vilu strategies: "vilu" | "msp"),
-    ``best_epoch`` (fine-tuning) and the timings ``select_seconds``, ``finetune_seconds``,
-    ``eval_seconds``, ``seconds``. ``posterior``: the base posterior (object or folder);
-    default: fitted on ``config.posterior_split``/``posterior_domains`` of the pool.
+    ``best_epoch`` (fine-tuning), what the round queued (``target_share``: the fraction in
+    ``target_domain``, NaN without one; ``n_classes_new``: distinct true classes) and the
+    timings ``select_seconds``, ``finetune_seconds``, ``eval_seconds``, ``seconds``.
+    ``posterior``: the base posterior (object or folder); default: fitted on
+    ``config.posterior_split``/``posterior_domains`` of the pool.
     ``on_round(row)`` is called after each newly finished round.
     """
     out_dir = Path(out_dir)
@@ -136,13 +153,14 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
         source = (json.loads(failure_file.read_text())["source"] if failure_file.exists()
                   else None)
         answer_queue(pool, state, r - 1)
+        batch = batch_stats(pool, state, r - 1, config.target_domain)
         adapted = adapt_run(pool, state, finetune=finetune, refit_config=config.refit,
                             base=base, val_rows=val_rows, progress=progress)
         adapted.head.save(state.round_dir(r - 1) / "head")
         t_eval = time.perf_counter()
         row = {"round": r, "n_labels": adapted.n_labels,
                "n_new": adapted.n_labels - rows[-1]["n_labels"],
-               **evaluate(adapted.head, adapted.posterior),
+               **evaluate(adapted.head, adapted.posterior), **batch,
                "failure_source": source, "best_epoch": adapted.finetune.best_epoch}
         rows.append(_finish(row, config, seed, t_select, adapted.seconds,
                             time.perf_counter() - t_eval, time.perf_counter() - start))
@@ -152,6 +170,17 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
         if on_round is not None:
             on_round(rows[-1])
     return pd.DataFrame(rows)
+
+
+def batch_stats(pool, state: RunState, round_index: int, target_domain: str | None) -> dict:
+    """``target_share`` and ``n_classes_new`` of round ``round_index``'s queue (see run_loop)."""
+    queued = pd.read_parquet(state.round_dir(round_index) / "queue.parquet",
+                             columns=["sample_id"])["sample_id"]
+    items = pool.items.set_index("sample_id").loc[queued]
+    share = (float((items["domain"] == target_domain).mean()) if target_domain is not None
+             else float("nan"))
+    labels = items["label"].to_numpy()
+    return {"target_share": share, "n_classes_new": int(len(np.unique(labels[labels >= 0])))}
 
 
 def _finish(row: dict, config: LoopConfig, seed: int, t_select: float, t_finetune: float,
