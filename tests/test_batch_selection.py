@@ -99,6 +99,22 @@ def test_class_balance_round_robin():
     assert not set(picked.tolist()) & {60, 61, 62}
 
 
+def test_class_balance_within_the_best_candidates_only():
+    scores = np.linspace(1.0, 0.0, 40)  # row order is score order
+    predicted = np.array([0] * 10 + [1] * 10 + [2] * 20)
+    # among the best 20 only classes 0 and 1 occur: the batch alternates between them and
+    # never reaches class 2, whose best item (row 20) is worse than all of those 20
+    picked = select_batch(scores, 8, predicted_class=predicted, balance_within=20)
+    np.testing.assert_array_equal(picked, [0, 10, 1, 11, 2, 12, 3, 13])
+    everywhere = select_batch(scores, 9, predicted_class=predicted)
+    np.testing.assert_array_equal(everywhere, [0, 10, 20, 1, 11, 21, 2, 12, 22])
+    # past the shortlist the order is the score order again
+    picked = select_batch(scores, 6, predicted_class=predicted, balance_within=4)
+    np.testing.assert_array_equal(picked, [0, 1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="balance_within"):
+        select_batch(scores, 3, predicted_class=predicted, balance_within=0)
+
+
 def test_balance_by_class_prefixes():
     order = np.arange(10)
     cls = np.array([2, 2, 2, 0, 0, 1, 2, 0, 1, 1])

@@ -122,13 +122,15 @@ def select_batch(
     mode: Literal["power", "softmax"] = "power",
     exclude: Exclude = None,
     predicted_class=None,
+    balance_within: int | None = None,
     index: EmbeddingIndex | None = None,
     min_similarity: float | None = None,
 ) -> np.ndarray:
     """Row ids ``[<=k]`` (int64, in selection order) to label next.
 
     ``scores [N]`` higher = better. ``exclude``: mask ``[N]`` or row ids never selected.
-    ``predicted_class [N]``: balance the batch round-robin over predicted classes.
+    ``predicted_class [N]``: balance the batch round-robin over predicted classes, among the
+    best ``balance_within`` candidates only when given (the rest follow in score order).
     ``index`` + ``min_similarity``: drop near-duplicates (cosine > threshold) of taken items.
     Fewer than ``k`` ids come back only when the candidates run out.
     """
@@ -148,7 +150,10 @@ def select_batch(
     if predicted_class is not None:
         if len(predicted_class) != n:
             raise ValueError(f"predicted_class has {len(predicted_class)} rows, scores {n}")
-        order = balance_by_class(order, predicted_class)
+        m = len(order) if balance_within is None else balance_within
+        if m < 1:
+            raise ValueError(f"balance_within must be >= 1, got {balance_within}")
+        order = np.concatenate([balance_by_class(order[:m], predicted_class), order[m:]])
     if (index is None) != (min_similarity is None):
         raise ValueError("near-duplicate removal needs both index and min_similarity")
     if index is None:

@@ -53,7 +53,9 @@ class SelectConfig:
     EPIG's target distribution and, with ``targeted=True``, the points that are scored and
     mapped to their nearest unlabelled pool neighbours (BayesVLM's protocol).
     ``pool_split``: which items may be queued (None = all). ``batch``: "topk" or "stochastic"
-    (Kirsch et al. 2023, ``beta``/``mode``). ``dedup_similarity``: drop queued items whose
+    (Kirsch et al. 2023, ``beta``/``mode``). ``class_balanced``: walk the order round-robin
+    over predicted classes, among the best ``balance_within × budget`` candidates only when
+    that is set. ``dedup_similarity``: drop queued items whose
     cosine similarity to an already chosen one exceeds it. ``epig_top_classes``: EPIG over
     each input's top classes plus "other" (a lower bound, ``(C / (c + 1))²`` times cheaper).
     ``knn_prefilter=k``: score only pool items among the k nearest neighbours (FAISS) of some
@@ -72,6 +74,7 @@ class SelectConfig:
     beta: float = 1.0
     mode: str = "power"
     class_balanced: bool = False
+    balance_within: float | None = None
     dedup_similarity: float | None = None
     seed: int = 0
     chunk_size: int = 2048
@@ -87,6 +90,9 @@ class SelectConfig:
             raise ValueError(f"budget must be >= 1, got {self.budget}")
         if self.n_draws < 1 or self.n_targets < 1:
             raise ValueError("n_draws and n_targets must be >= 1")
+        if self.balance_within is not None and self.balance_within < 1:
+            raise ValueError(f"balance_within must be >= 1 (a multiple of the budget), got "
+                             f"{self.balance_within}")
 
 
 @dataclass
@@ -273,6 +279,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                               strategy=round_config.batch, seed=round_config.seed,
                               beta=config.beta, mode=config.mode, exclude=excluded_rows,
                               predicted_class=predicted,
+                              balance_within=None if config.balance_within is None else
+                              int(np.ceil(config.balance_within * config.budget)),
                               index=index if config.dedup_similarity else None,
                               min_similarity=config.dedup_similarity)
         chosen_scores = full[chosen]
