@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from activevlm.bench import load_grid_config, plot_results, run_grid, summary_table
+from activevlm.cli.main import app
 from activevlm.loop import LoopConfig
 from activevlm.pool import open_pool
 from tests.toy import toy_pool
@@ -108,6 +111,24 @@ def test_summary_matches_pandas_and_plots_are_written(grid, tmp_path):
     r = table[(table["strategy"] == "entropy") & (table["n_labels"] == 10)].iloc[0]
     assert f"{r['mean']:.3f} ± {r['se']:.3f}" in md
     assert "| strategy | 0 | 5 | 10 |" in md
+
+
+def test_cli_runs_the_chosen_seeds_and_strategies(grid, tmp_path):
+    path, out, results = grid
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)  # the cells exist: the grid resumes them without rerunning
+    res = CliRunner().invoke(app, ["bench", str(path), "--out", str(copy), "--seeds", "1",
+                                   "--strategies", "entropy-balanced,random", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(copy / "results.parquet")
+    assert set(df["strategy"]) == {"entropy-balanced", "random"} and set(df["seed"]) == {1}
+    full = pd.read_parquet(results).set_index(["strategy", "seed", "round"])
+    sub = df.set_index(["strategy", "seed", "round"])
+    pd.testing.assert_series_equal(sub["accuracy"], full.loc[sub.index, "accuracy"])
+    assert (copy / "summary.md").is_file()
+    res = CliRunner().invoke(app, ["bench", str(path), "--out", str(copy), "--strategies",
+                                   "epig", "--no-progress"])
+    assert res.exit_code == 1 and "not in the config" in res.output
 
 
 def test_config_errors_name_the_problem(tmp_path):

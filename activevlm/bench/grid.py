@@ -134,15 +134,37 @@ def _base_posterior(pool, config: LoopConfig, folder: Path, given: str | None,
     return post
 
 
+def select_cells(grid: dict, seeds: list[int] | None = None,
+                 strategies: list[str] | None = None) -> dict:
+    """``grid`` with other ``seeds`` and only the named ``strategies`` (None keeps them)."""
+    grid = dict(grid)
+    if seeds is not None:
+        if not seeds:
+            raise ValueError("benchmark: the list of seeds is empty")
+        grid["seeds"] = list(seeds)
+    if strategies is not None:
+        by_name = {variant_of(e)[0]: e for e in grid["strategies"]}
+        unknown = [s for s in strategies if s not in by_name]
+        if unknown or not strategies:
+            raise ValueError(f"benchmark: strategy name(s) {unknown} are not in the config; "
+                             f"it has {list(by_name)}")
+        grid["strategies"] = [by_name[s] for s in strategies]
+    return grid
+
+
 def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = True,
-             log: Callable = print) -> Path:
+             log: Callable = print, seeds: list[int] | None = None,
+             strategies: list[str] | None = None) -> Path:
     """Run (or resume) every cell of the grid; returns ``out/results.parquet``.
+
+    ``seeds``/``strategies`` override the config's seeds and pick some of its strategies (by
+    name); the table then holds only the cells asked for.
 
     Rows: one per (dataset, target, strategy, seed, round) with ``n_labels``, ``accuracy``,
     ``nll``, ``ece``, ``brier``, ``bayes_*``, timings and ``targeted`` (see ``run_loop``);
     ``target`` is the target domain or ``"all"``. The table is rewritten after every cell.
     """
-    grid = load_grid_config(config)
+    grid = select_cells(load_grid_config(config), seeds, strategies)
     out = Path(out)
     tables: list[pd.DataFrame] = []
     n_cells = sum(len(ds.get("targets") or [None]) for ds in grid["datasets"]) * \

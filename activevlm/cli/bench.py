@@ -14,15 +14,23 @@ def bench(
     config: Path = typer.Argument(..., help="Benchmark YAML (see benchmarks/configs/)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: "
                                     "benchmarks/results/<config name>)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds instead of "
+                                     "the config's."),
+    strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated names: "
+                                          "run only these of the config's strategies."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Draw curves and summary.md."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run (or resume) every (dataset, target, strategy, seed) loop; write results.parquet."""
     from activevlm.bench import plot_results, run_grid
+    from activevlm.cli.loop import parse_seeds
 
     out = out if out is not None else Path("benchmarks/results") / config.stem
     try:
-        path = run_grid(config, out, progress=progress, log=console.print)
+        path = run_grid(config, out, progress=progress, log=console.print,
+                        seeds=None if seeds is None else parse_seeds(seeds),
+                        strategies=None if strategies is None else
+                        [s.strip() for s in strategies.split(",") if s.strip()])
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e

@@ -10,7 +10,7 @@ from rich.console import Console
 console = Console()
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError as e:
@@ -49,7 +49,7 @@ def loop(
             "finetune": {"max_epochs": epochs}, "refit": {"mode": refit},
         })
         tables = []
-        for seed in _seeds(seeds):
+        for seed in parse_seeds(seeds):
             console.print(f"[bold]seed {seed}[/] -> {out / f'seed{seed}'}")
             tables.append(run_loop(pool_obj, config, out / f"seed{seed}", seed,
                                    progress=progress, log=console.print))
