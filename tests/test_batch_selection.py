@@ -115,6 +115,31 @@ def test_class_balance_within_the_best_candidates_only():
         select_batch(scores, 3, predicted_class=predicted, balance_within=0)
 
 
+def test_diverse_batch_takes_the_best_of_each_cluster():
+    rng = np.random.default_rng(5)
+    centres = 10 * np.eye(8, dtype=np.float32)[:4]  # four far-apart clusters of 15 items
+    emb = np.repeat(centres, 15, axis=0) + rng.standard_normal((60, 8)).astype(np.float32)
+    scores = rng.random(60)
+    scores[:15] += 10  # cluster 0 holds every top-15 item: a top-k batch is one cluster
+    index = EmbeddingIndex.build(emb, progress=False)
+    assert set(select_batch(scores, 4).tolist()) <= set(range(15))
+    picked = select_batch(scores, 4, strategy="diverse", seed=0, index=index, prefilter=15)
+    best = [c * 15 + int(np.argmax(scores[c * 15:(c + 1) * 15])) for c in range(4)]
+    assert sorted(picked.tolist()) == sorted(best)
+    np.testing.assert_array_equal(picked, sorted(best, key=lambda i: -scores[i]))
+    # the prefilter bounds where clusters are sought: the best 3 x 4 items are all cluster 0
+    narrow = select_batch(scores, 4, strategy="diverse", seed=0, index=index, prefilter=3)
+    assert set(narrow.tolist()) <= set(range(15))
+    # exclusions hold, and past the cluster leaders the order is the score order
+    full = select_batch(scores, 10, strategy="diverse", seed=0, index=index, prefilter=15,
+                        exclude=[best[1]])
+    assert best[1] not in full.tolist() and len(set(full.tolist())) == 10
+    rest = full[4:]
+    assert (np.diff(scores[rest]) <= 0).all()
+    with pytest.raises(ValueError, match="seed and an embedding index"):
+        select_batch(scores, 4, strategy="diverse", seed=0)
+
+
 def test_balance_by_class_prefixes():
     order = np.arange(10)
     cls = np.array([2, 2, 2, 0, 0, 1, 2, 0, 1, 1])
@@ -147,7 +172,7 @@ def test_near_duplicates_are_dropped():
         if len(taken) == 30:
             break
     np.testing.assert_array_equal(picked, taken)
-    with pytest.raises(ValueError, match="both index and min_similarity"):
-        select_batch(scores, 3, index=index)
+    with pytest.raises(ValueError, match="needs an index"):
+        select_batch(scores, 3, min_similarity=0.9)
     with pytest.raises(ValueError, match="index holds 120 items but scores has 119"):
         select_batch(scores[:119], 3, index=index, min_similarity=0.9)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from activevlm.bench import run_grid
 
 CONFIG = Path(__file__).parents[1] / "benchmarks" / "configs" / "demo.yaml"
-STRATEGIES = ["random", "random-targeted", "entropy-targeted", "epig", "bald"]
+STRATEGIES = ["random", "random-targeted", "entropy-targeted", "epig", "epig-targeted", "bald"]
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +20,8 @@ def results(tmp_path_factory) -> pd.DataFrame:
     root = tmp_path_factory.mktemp("demo-bench")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        config = yaml.safe_load(CONFIG.read_text())
-        config["strategies"] = STRATEGIES
-        out = run_grid(config, root / "out", progress=False, log=lambda *a: None)
+        out = run_grid(CONFIG, root / "out", strategies=STRATEGIES, progress=False,
+                       log=lambda *a: None)
         return pd.read_parquet(out)
 
 

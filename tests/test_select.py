@@ -93,6 +93,22 @@ def test_class_balanced_and_dedup(pool, tmp_path):
                             progress=False).queue) == 8
 
 
+def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_path):
+    cfg = SelectConfig(budget=6, strategy="margin", batch="diverse", prefilter=3, seed=4)
+    result = select_round(pool, new_state(pool, tmp_path / "a"), cfg, progress=False)
+    again = select_round(pool, new_state(pool, tmp_path / "b"), cfg, progress=False)
+    assert result.queue["sample_id"].tolist() == again.queue["sample_id"].tolist()
+    scores = pd.read_parquet(result.paths["scores"]).sort_values("score", ascending=False,
+                                                                 kind="stable")
+    shortlist = scores["sample_id"].head(18).tolist()  # 3 x budget
+    assert set(result.queue["sample_id"]) <= set(shortlist)
+    assert result.queue["sample_id"].tolist() != shortlist[:6]  # not simply the top-k
+    with pytest.raises(ValueError, match="diverse"):
+        SelectConfig(batch="diverse", targeted=True).validate()
+    with pytest.raises(ValueError, match="batch must be"):
+        SelectConfig(batch="greedy").validate()
+
+
 def test_interrupted_round_leaves_state_and_is_reproduced(pool, posterior, tmp_path,
                                                           monkeypatch):
     config = SelectConfig(budget=5, strategy="bald", n_draws=10)

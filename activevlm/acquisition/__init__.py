@@ -2,6 +2,7 @@
 
 from activevlm.acquisition.batch import (
     balance_by_class,
+    rank_diverse,
     rank_stochastic,
     rank_topk,
     select_batch,
@@ -28,6 +29,7 @@ __all__ = [
     "exclusion_mask",
     "get_heuristic",
     "list_heuristics",
+    "rank_diverse",
     "rank_stochastic",
     "rank_topk",
     "register_heuristic",

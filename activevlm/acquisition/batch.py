@@ -1,4 +1,5 @@
-"""Turn scores into a batch: top-k or stochastic ranking, class balance, exclusions, dedup.
+"""Turn scores into a batch: top-k, stochastic or diverse ranking, class balance, exclusions,
+dedup.
 
 Every strategy first produces a priority *order* over the candidates, then one greedy walk
 takes items from it: excluded rows (already labelled or queued) never enter the order,
@@ -9,6 +10,11 @@ removal skips any item whose cosine similarity to an already taken one exceeds a
 Stochastic batch acquisition (Kirsch et al., TMLR 2023) samples without replacement with
 probability ∝ score^β ("power") or ∝ exp(β·score) ("softmax") via the Gumbel-top-k trick:
 sorting ``log w_i + G_i`` (``G_i`` iid Gumbel) gives a sample of the Plackett–Luce order.
+
+Diverse batches (after Zhdanov 2019, "Diverse mini-batch active learning"): k-means with k
+clusters over the embeddings of the best ``prefilter × k`` candidates; each cluster's
+best-scoring member comes first, so a batch does not spend its labels on near-copies of one
+informative image.
 """
 
 from __future__ import annotations
@@ -72,6 +78,34 @@ def rank_stochastic(
     return candidates[np.lexsort((-gumbel, -keys))]
 
 
+def rank_diverse(
+    scores,
+    candidates: np.ndarray,
+    k: int,
+    index: EmbeddingIndex,
+    *,
+    seed: int,
+    prefilter: float = 4.0,
+) -> np.ndarray:
+    """``candidates`` ordered so that the first ``k`` are the best-scoring member of each of
+    k k-means clusters of the best ``⌈prefilter·k⌉`` candidates (by decreasing score), then the
+    rest by score. ``index`` holds the rows' unit embeddings."""
+    from sklearn.cluster import KMeans
+
+    if prefilter < 1:
+        raise ValueError(f"prefilter must be >= 1, got {prefilter}")
+    s = _check_scores(scores)
+    order = rank_topk(s, candidates)
+    m = min(len(order), int(np.ceil(prefilter * k)))
+    if k <= 1 or m <= k:
+        return order
+    short = order[:m]
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(index.vectors(short))
+    _, first = np.unique(labels, return_index=True)  # short is sorted: first = best member
+    lead = short[np.sort(first)]
+    return np.concatenate([lead, order[~np.isin(order, lead)]])
+
+
 def balance_by_class(order: np.ndarray, predicted_class) -> np.ndarray:
     """Interleave ``order`` round-robin over predicted classes.
 
@@ -116,7 +150,7 @@ def select_batch(
     scores,
     k: int,
     *,
-    strategy: Literal["topk", "stochastic"] = "topk",
+    strategy: Literal["topk", "stochastic", "diverse"] = "topk",
     seed: int | None = None,
     beta: float = 1.0,
     mode: Literal["power", "softmax"] = "power",
@@ -125,12 +159,14 @@ def select_batch(
     balance_within: int | None = None,
     index: EmbeddingIndex | None = None,
     min_similarity: float | None = None,
+    prefilter: float = 4.0,
 ) -> np.ndarray:
     """Row ids ``[<=k]`` (int64, in selection order) to label next.
 
     ``scores [N]`` higher = better. ``exclude``: mask ``[N]`` or row ids never selected.
     ``predicted_class [N]``: balance the batch round-robin over predicted classes, among the
     best ``balance_within`` candidates only when given (the rest follow in score order).
+    ``strategy="diverse"``: see :func:`rank_diverse` (needs ``index``, ``seed``, ``prefilter``).
     ``index`` + ``min_similarity``: drop near-duplicates (cosine > threshold) of taken items.
     Fewer than ``k`` ids come back only when the candidates run out.
     """
@@ -145,8 +181,14 @@ def select_batch(
         if seed is None:
             raise ValueError("stochastic selection needs an explicit seed")
         order = rank_stochastic(s, candidates, seed=seed, beta=beta, mode=mode)
+    elif strategy == "diverse":
+        if seed is None or index is None:
+            raise ValueError("diverse selection needs an explicit seed and an embedding index")
+        if index.n != n:
+            raise ValueError(f"index holds {index.n} items but scores has {n}")
+        order = rank_diverse(s, candidates, k, index, seed=seed, prefilter=prefilter)
     else:
-        raise ValueError(f"strategy must be 'topk' or 'stochastic', got {strategy!r}")
+        raise ValueError(f"strategy must be 'topk', 'stochastic' or 'diverse', got {strategy!r}")
     if predicted_class is not None:
         if len(predicted_class) != n:
             raise ValueError(f"predicted_class has {len(predicted_class)} rows, scores {n}")
@@ -154,10 +196,10 @@ def select_batch(
         if m < 1:
             raise ValueError(f"balance_within must be >= 1, got {balance_within}")
         order = np.concatenate([balance_by_class(order[:m], predicted_class), order[m:]])
-    if (index is None) != (min_similarity is None):
-        raise ValueError("near-duplicate removal needs both index and min_similarity")
-    if index is None:
+    if min_similarity is None:
         return order[:k].astype(np.int64)
+    if index is None:
+        raise ValueError("near-duplicate removal (min_similarity) needs an index")
     if index.n != n:
         raise ValueError(f"index holds {index.n} items but scores has {n}")
     return take_without_duplicates(order, k, index, min_similarity)

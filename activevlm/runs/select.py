@@ -52,8 +52,9 @@ class SelectConfig:
     ``target_domain``: the domain the model should adapt to; its ``target_split`` items are
     EPIG's target distribution and, with ``targeted=True``, the points that are scored and
     mapped to their nearest unlabelled pool neighbours (BayesVLM's protocol).
-    ``pool_split``: which items may be queued (None = all). ``batch``: "topk" or "stochastic"
-    (Kirsch et al. 2023, ``beta``/``mode``). ``class_balanced``: walk the order round-robin
+    ``pool_split``: which items may be queued (None = all). ``batch``: "topk", "stochastic"
+    (Kirsch et al. 2023, ``beta``/``mode``) or "diverse" (k-means over the image embeddings of
+    the best ``prefilter × budget`` candidates, the best item per cluster; untargeted only). ``class_balanced``: walk the order round-robin
     over predicted classes, among the best ``balance_within × budget`` candidates only when
     that is set. ``dedup_similarity``: drop queued items whose
     cosine similarity to an already chosen one exceeds it. ``epig_top_classes``: EPIG over
@@ -75,6 +76,7 @@ class SelectConfig:
     mode: str = "power"
     class_balanced: bool = False
     balance_within: float | None = None
+    prefilter: float = 4.0
     dedup_similarity: float | None = None
     seed: int = 0
     chunk_size: int = 2048
@@ -90,6 +92,15 @@ class SelectConfig:
             raise ValueError(f"budget must be >= 1, got {self.budget}")
         if self.n_draws < 1 or self.n_targets < 1:
             raise ValueError("n_draws and n_targets must be >= 1")
+        if self.batch not in ("topk", "stochastic", "diverse"):
+            raise ValueError(f"batch must be 'topk', 'stochastic' or 'diverse', got "
+                             f"{self.batch!r}")
+        if self.batch == "diverse" and self.targeted:
+            raise ValueError("batch 'diverse' clusters pool candidates; targeted selection "
+                             "already spreads the batch over the target points (use topk)")
+        if self.prefilter < 1:
+            raise ValueError(f"prefilter must be >= 1 (a multiple of the budget), got "
+                             f"{self.prefilter}")
         if self.balance_within is not None and self.balance_within < 1:
             raise ValueError(f"balance_within must be >= 1 (a multiple of the budget), got "
                              f"{self.balance_within}")
@@ -237,7 +248,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                          " needs a target domain or target pool (--target)")
     target_rows = _target_rows(target_pool, config, rng, excluded) if has_target else None
     target = None if target_rows is None else (target_pool, target_rows)
-    needs_index = config.targeted or config.dedup_similarity or config.knn_prefilter
+    needs_index = (config.targeted or config.dedup_similarity or config.knn_prefilter
+                   or config.batch == "diverse")
     index = pool_index(pool, head, progress) if needs_index else None
     excluded_rows = np.ones(len(ids), dtype=bool)
     excluded_rows[candidates] = False
@@ -281,8 +293,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                               predicted_class=predicted,
                               balance_within=None if config.balance_within is None else
                               int(np.ceil(config.balance_within * config.budget)),
-                              index=index if config.dedup_similarity else None,
-                              min_similarity=config.dedup_similarity)
+                              index=index, min_similarity=config.dedup_similarity,
+                              prefilter=config.prefilter)
         chosen_scores = full[chosen]
 
     probs = _map_probs(pool, head, chosen)
