@@ -39,7 +39,8 @@ def queued_ids(result):
 
 def test_epig_round_queues_unlabelled_train_items(pool, posterior, tmp_path):
     state = new_state(pool, tmp_path / "run")
-    config = SelectConfig(budget=7, strategy="epig", target_domain="sketch", n_draws=20)
+    config = SelectConfig(budget=7, strategy="epig", target_domain="sketch", n_draws=20,
+                          targeted=False)
     result = select_round(pool, state, config, posterior=posterior, progress=False)
     q = result.queue
     assert len(q) == 7 and q["sample_id"].is_unique
@@ -91,6 +92,28 @@ def test_class_balanced_and_dedup(pool, tmp_path):
     cfg = SelectConfig(budget=8, strategy="random", dedup_similarity=0.999999)
     assert len(select_round(pool, new_state(pool, tmp_path / "b"), cfg,
                             progress=False).queue) == 8
+
+
+@pytest.mark.parametrize(("options", "targeted"), [
+    ({"target_domain": "sketch"}, True),  # a target: targeted, BayesVLM's protocol
+    ({}, False),  # nothing to target
+    ({"target_domain": "sketch", "knn_prefilter": 2}, False),  # untargeted options
+    ({"target_domain": "sketch", "batch": "diverse"}, False),
+    ({"target_domain": "sketch", "targeted": False}, False),
+])
+def test_targeting_is_automatic_unless_asked(pool, tmp_path, options, targeted):
+    state = new_state(pool, tmp_path / "run")
+    result = select_round(pool, state, SelectConfig(budget=4, strategy="entropy", **options),
+                          progress=False)
+    assert state.rounds[-1]["targeted"] is targeted
+    scored = pd.read_parquet(result.paths["scores"])["sample_id"]
+    domains = pool.items.set_index("sample_id").loc[scored, "domain"]
+    # targeted selection scores the target's val points, untargeted the train candidates
+    if targeted:
+        assert set(domains) == {"sketch"} and set(pool.items.set_index("sample_id").loc[
+            scored, "split"]) == {"val"}
+    else:
+        assert set(pool.items.set_index("sample_id").loc[scored, "split"]) == {"train"}
 
 
 def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_path):

@@ -24,14 +24,16 @@ def select(
                                             help="Split of the target domain ('all' = any)."),
     pool_split: str | None = typer.Option("train", "--pool-split",
                                           help="Split that may be queued ('all' = any)."),
-    targeted: bool = typer.Option(False, "--targeted", help="Score target points and queue "
-                                  "their nearest pool neighbours (BayesVLM protocol)."),
+    targeted: bool | None = typer.Option(
+        None, "--targeted/--untargeted", help="Score the target points and queue their nearest "
+        "pool neighbours (BayesVLM protocol), or score the pool itself. Default: targeted "
+        "when there is a target, unless --knn-prefilter or --batch diverse is given."),
     run: Path | None = typer.Option(None, "--run", help="Run directory (default: "
                                     "runs/<pool name>)."),
     seed: int = typer.Option(0, "--seed"),
     draws: int = typer.Option(100, "--draws", help="Joint posterior draws K."),
     n_targets: int = typer.Option(256, "--n-targets", help="EPIG target points M."),
-    batch: str = typer.Option("topk", "--batch", help="topk or stochastic."),
+    batch: str = typer.Option("topk", "--batch", help="topk, stochastic or diverse."),
     beta: float = typer.Option(1.0, "--beta", help="Stochastic batch temperature."),
     mode: str = typer.Option("power", "--mode", help="Stochastic: power or softmax."),
     class_balanced: bool = typer.Option(False, "--class-balanced"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -50,15 +50,19 @@ class SelectConfig:
     """How one round chooses ``budget`` items.
 
     ``target_domain``: the domain the model should adapt to; its ``target_split`` items are
-    EPIG's target distribution and, with ``targeted=True``, the points that are scored and
-    mapped to their nearest unlabelled pool neighbours (BayesVLM's protocol).
+    EPIG's target distribution and, when targeted, the points that are scored and mapped to
+    their nearest unlabelled pool neighbours (BayesVLM's protocol). ``targeted``: None (auto)
+    = targeted whenever a target is given, unless ``knn_prefilter`` or the "diverse" batch
+    (both untargeted options) is asked for; it beat untargeted selection for EPIG on the demo
+    world and on PACS (benchmarks/README.md).
     ``pool_split``: which items may be queued (None = all). ``batch``: "topk", "stochastic"
-    (Kirsch et al. 2023, ``beta``/``mode``) or "diverse" (k-means over the image embeddings of
-    the best ``prefilter × budget`` candidates, the best item per cluster; untargeted only). ``class_balanced``: walk the order round-robin
-    over predicted classes, among the best ``balance_within × budget`` candidates only when
-    that is set. ``dedup_similarity``: drop queued items whose
-    cosine similarity to an already chosen one exceeds it. ``epig_top_classes``: EPIG over
-    each input's top classes plus "other" (a lower bound, ``(C / (c + 1))²`` times cheaper).
+    (Kirsch et al. 2023, ``beta``/``mode``) or "diverse" (k-means over the image embeddings
+    of the best ``prefilter × budget`` candidates, the best item per cluster; untargeted
+    only). ``class_balanced``: walk the order round-robin over predicted classes, among the
+    best ``balance_within × budget`` candidates only when that is set (untargeted only).
+    ``dedup_similarity``: drop queued items whose cosine similarity to an already chosen one
+    exceeds it. ``epig_top_classes``: EPIG over each input's top classes plus "other" (a
+    lower bound, ``(C / (c + 1))²`` times cheaper).
     ``knn_prefilter=k``: score only pool items among the k nearest neighbours (FAISS) of some
     target point.
     """
@@ -67,7 +71,7 @@ class SelectConfig:
     strategy: str = "epig"
     target_domain: str | None = None
     target_split: str | None = "val"
-    targeted: bool = False
+    targeted: bool | None = None
     pool_split: str | None = "train"
     n_draws: int = 100
     n_targets: int = 256
@@ -223,6 +227,11 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     reproduces it.
     """
     config.validate()
+    has_target = (target_pool is not None and target_pool is not pool) or \
+        config.target_domain is not None
+    if config.targeted is None:
+        config = replace(config, targeted=has_target and not config.knn_prefilter
+                         and config.batch != "diverse")
     if config.strategy in FAILURE_STRATEGIES and failure_prob is None:
         raise ValueError(f"strategy {config.strategy!r} needs failure probabilities from a "
                          "trained ViLU model")
@@ -242,7 +251,6 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     if target_pool is not pool and target_pool.model_id != pool.model_id:
         raise ValueError(f"target pool {target_pool.path} is for model {target_pool.model_id!r}"
                          f", the pool {pool.path} for {pool.model_id!r}")
-    has_target = target_pool is not pool or config.target_domain is not None
     if (heuristic_of(config.strategy) == "epig" or config.targeted) and not has_target:
         raise ValueError(f"strategy {config.strategy!r}{' (targeted)' if config.targeted else ''}"
                          " needs a target domain or target pool (--target)")
