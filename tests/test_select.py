@@ -99,6 +99,8 @@ def test_class_balanced_and_dedup(pool, tmp_path):
     ({}, False),  # nothing to target
     ({"target_domain": "sketch", "knn_prefilter": 2}, False),  # untargeted options
     ({"target_domain": "sketch", "batch": "diverse"}, False),
+    ({"target_domain": "sketch", "class_balanced": True}, False),
+    ({"target_domain": "sketch", "dedup_similarity": 0.99}, False),
     ({"target_domain": "sketch", "targeted": False}, False),
 ])
 def test_targeting_is_automatic_unless_asked(pool, tmp_path, options, targeted):

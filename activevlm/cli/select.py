@@ -27,7 +27,8 @@ def select(
     targeted: bool | None = typer.Option(
         None, "--targeted/--untargeted", help="Score the target points and queue their nearest "
         "pool neighbours (BayesVLM protocol), or score the pool itself. Default: targeted "
-        "when there is a target, unless --knn-prefilter or --batch diverse is given."),
+        "when there is a target, unless --knn-prefilter, --batch diverse, --class-balanced "
+        "or --dedup is given."),
     run: Path | None = typer.Option(None, "--run", help="Run directory (default: "
                                     "runs/<pool name>)."),
     seed: int = typer.Option(0, "--seed"),

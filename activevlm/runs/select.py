@@ -52,9 +52,9 @@ class SelectConfig:
     ``target_domain``: the domain the model should adapt to; its ``target_split`` items are
     EPIG's target distribution and, when targeted, the points that are scored and mapped to
     their nearest unlabelled pool neighbours (BayesVLM's protocol). ``targeted``: None (auto)
-    = targeted whenever a target is given, unless ``knn_prefilter`` or the "diverse" batch
-    (both untargeted options) is asked for; it beat untargeted selection for EPIG on the demo
-    world and on PACS (benchmarks/README.md).
+    = targeted whenever a target is given, unless an untargeted option (``knn_prefilter``,
+    the "diverse" batch, ``class_balanced``, ``dedup_similarity``) is asked for; targeting
+    beat untargeted selection for EPIG on the demo world and on PACS (benchmarks/README.md).
     ``pool_split``: which items may be queued (None = all). ``batch``: "topk", "stochastic"
     (Kirsch et al. 2023, ``beta``/``mode``) or "diverse" (k-means over the image embeddings
     of the best ``prefilter × budget`` candidates, the best item per cluster; untargeted
@@ -230,8 +230,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     has_target = (target_pool is not None and target_pool is not pool) or \
         config.target_domain is not None
     if config.targeted is None:
-        config = replace(config, targeted=has_target and not config.knn_prefilter
-                         and config.batch != "diverse")
+        untargeted_only = (config.knn_prefilter or config.batch == "diverse"
+                           or config.class_balanced or config.dedup_similarity is not None)
+        config = replace(config, targeted=has_target and not untargeted_only)
     if config.strategy in FAILURE_STRATEGIES and failure_prob is None:
         raise ValueError(f"strategy {config.strategy!r} needs failure probabilities from a "
                          "trained ViLU model")
