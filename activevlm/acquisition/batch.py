@@ -174,6 +174,8 @@ def select_batch(
     n = len(s)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    if index is not None and index.n != n:
+        raise ValueError(f"index holds {index.n} items but scores has {n}")
     candidates = np.flatnonzero(~exclusion_mask(n, exclude))
     if strategy == "topk":
         order = rank_topk(s, candidates)
@@ -184,8 +186,6 @@ def select_batch(
     elif strategy == "diverse":
         if seed is None or index is None:
             raise ValueError("diverse selection needs an explicit seed and an embedding index")
-        if index.n != n:
-            raise ValueError(f"index holds {index.n} items but scores has {n}")
         order = rank_diverse(s, candidates, k, index, seed=seed, prefilter=prefilter)
     else:
         raise ValueError(f"strategy must be 'topk', 'stochastic' or 'diverse', got {strategy!r}")
@@ -200,6 +200,4 @@ def select_batch(
         return order[:k].astype(np.int64)
     if index is None:
         raise ValueError("near-duplicate removal (min_similarity) needs an index")
-    if index.n != n:
-        raise ValueError(f"index holds {index.n} items but scores has {n}")
     return take_without_duplicates(order, k, index, min_similarity)
