@@ -29,7 +29,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from activevlm.acquisition import Heuristic, JointDraws, epig_scores, score_pool
+from activevlm.acquisition import Heuristic, epig_scores, score_pool
+from activevlm.bayes.draws import JointDraws
 from activevlm.models.head import ProjectionHead
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from activevlm.acquisition import (
-    JointDraws,
     get_heuristic,
     list_heuristics,
     register_heuristic,
     score_pool,
 )
 from activevlm.acquisition.heuristics import _REGISTRY
+from activevlm.bayes.draws import JointDraws
 from activevlm.models.head import ProjectionHead
 
 D, D_IMG, D_TXT, C, K = 8, 6, 5, 4, 3

@@ -26,9 +26,9 @@ def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     pool = toy_pool(root, domains=("photo", "sketch"), per=10)
     balanced = {"name": "entropy-balanced", "strategy": "entropy",
-                "select": {"class_balanced": True}}
-    cfg = {"name": "toy", "seeds": [0, 1], "strategies": ["random", "entropy", balanced],
-           "loop": {"rounds": 2, "budget": 5, "finetune": {"max_epochs": 5}},
+                "select": {"batch": {"class_balanced": True}}}
+    cfg = {"name": "toy", "seeds": [0, 1], "strategies": ["random-untargeted", "entropy", balanced],
+           "loop": {"rounds": 2, "select": {"budget": 5}, "finetune": {"max_epochs": 5}},
            "datasets": [{"name": "toy", "pool": str(pool.path), "targets": ["sketch"]}]}
     path = root / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -53,19 +53,19 @@ def test_grid_writes_one_row_per_cell_and_round(grid):
 def test_a_named_variant_runs_its_own_select_options(grid):
     _, out, results = grid
     df = pd.read_parquet(results)
-    assert set(df["strategy"]) == {"random", "entropy", "entropy-balanced"}
+    assert set(df["strategy"]) == {"random-untargeted", "entropy", "entropy-balanced"}
     cells = out / "runs" / "toy" / "sketch"
     for name, balanced in (("entropy", False), ("entropy-balanced", True)):
         loop = json.loads((cells / name / "seed0" / "loop.json").read_text())
-        assert loop["config"]["strategy"] == "entropy"
-        assert loop["config"]["select"]["class_balanced"] is balanced
+        assert loop["config"]["select"]["strategy"] == "entropy"
+        assert loop["config"]["select"]["batch"]["class_balanced"] is balanced
         assert loop["config"]["finetune"]["max_epochs"] == 5  # the loop's options still apply
 
 
 def test_rounds_record_what_their_batch_held(grid):
     _, out, results = grid
     df = pd.read_parquet(results)
-    pool = open_pool(json.loads((out / "runs/toy/sketch/random/seed0/state.json")
+    pool = open_pool(json.loads((out / "runs/toy/sketch/random-untargeted/seed0/state.json")
                                 .read_text())["pool"])
     items = pool.items.set_index("sample_id")
     for row in df[df["round"] > 0].itertuples():
@@ -97,9 +97,9 @@ def test_summary_matches_pandas_and_plots_are_written(grid, tmp_path):
         assert row.mean == pytest.approx(r["mean"], abs=1e-12)
         assert row.se == pytest.approx(r["std"] / np.sqrt(r["count"]), abs=1e-12)
         assert row.n_seeds == 2
-    # paired difference to random: mean over seeds of acc(strategy, seed) - acc(random, seed)
+    # paired difference to random-untargeted: mean over seeds of acc(s, seed) - acc(random, seed)
     wide = df.pivot_table(index=["n_labels", "seed"], columns="strategy", values="accuracy")
-    diff = (wide["entropy"] - wide["random"]).groupby("n_labels")
+    diff = (wide["entropy"] - wide["random-untargeted"]).groupby("n_labels")
     ent = table[table["strategy"] == "entropy"].set_index("n_labels")
     np.testing.assert_allclose(ent["diff_mean"], diff.mean(), atol=1e-12)
     np.testing.assert_allclose(ent["diff_se"], diff.std() / np.sqrt(2), atol=1e-12)
@@ -118,10 +118,12 @@ def test_cli_runs_the_chosen_seeds_and_strategies(grid, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)  # the cells exist: the grid resumes them without rerunning
     res = CliRunner().invoke(app, ["bench", str(path), "--out", str(copy), "--seeds", "1",
-                                   "--strategies", "entropy-balanced,random", "--no-progress"])
+                                   "--strategies", "entropy-balanced,random-untargeted",
+                                   "--no-progress"])
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(copy / "results.parquet")
-    assert set(df["strategy"]) == {"entropy-balanced", "random"} and set(df["seed"]) == {1}
+    assert set(df["strategy"]) == {"entropy-balanced", "random-untargeted"}
+    assert set(df["seed"]) == {1}
     full = pd.read_parquet(results).set_index(["strategy", "seed", "round"])
     sub = df.set_index(["strategy", "seed", "round"])
     pd.testing.assert_series_equal(sub["accuracy"], full.loc[sub.index, "accuracy"])
@@ -137,7 +139,7 @@ def test_config_errors_name_the_problem(tmp_path):
         load_grid_config({**base, "seed": 1})
     with pytest.raises(ValueError, match="unknown strategy"):
         load_grid_config({**base, "strategies": ["rnd"]})
-    with pytest.raises(ValueError, match="unknown select option"):
+    with pytest.raises(ValueError, match="unknown loop.select option"):
         load_grid_config({**base, "strategies": [{"name": "e", "strategy": "epig",
                                                   "select": {"balanced": True}}]})
     with pytest.raises(ValueError, match="mapping with 'name', 'strategy'"):

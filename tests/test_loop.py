@@ -30,10 +30,12 @@ def pool(tmp_path_factory):
     return toy_pool(tmp_path_factory.mktemp("toy"), domains=("photo", "sketch", "art"), per=10)
 
 
-def config(**overrides) -> LoopConfig:
-    raw = {"strategy": "epig", "rounds": 3, "budget": 6, "target_domain": "sketch",
-           "select": {"n_draws": 8, "n_targets": 16}, "finetune": {"max_epochs": 8},
-           "vilu": {"epochs": 5, "hidden": [16]}, "vilu_min_labels": 5}
+def config(strategy: str = "epig", budget: int = 6, select: dict | None = None,
+           **overrides) -> LoopConfig:
+    raw = {"rounds": 3, "select": {"strategy": strategy, "budget": budget, "target_domain":
+                                   "sketch", "n_draws": 8, "n_targets": 16, **(select or {})},
+           "finetune": {"max_epochs": 8}, "vilu": {"epochs": 5, "hidden": [16]},
+           "vilu_min_labels": 5}
     return LoopConfig.from_dict({**raw, **overrides})
 
 
@@ -101,7 +103,7 @@ def test_killed_loop_resumes_with_identical_rounds(pool, tmp_path, monkeypatch, 
 def test_resume_refuses_other_settings(pool, tmp_path):
     run_loop(pool, config(rounds=0), tmp_path / "run", seed=0, progress=False,
              log=lambda *a: None)
-    with pytest.raises(ValueError, match="budget"):
+    with pytest.raises(ValueError, match=r"\[.select.budget.\]"):
         run_loop(pool, config(rounds=0, budget=7), tmp_path / "run", seed=0, progress=False)
     with pytest.raises(ValueError, match="seed"):
         run_loop(pool, config(rounds=0), tmp_path / "run", seed=1, progress=False)
@@ -111,13 +113,12 @@ def test_resume_accepts_a_run_made_before_an_option_existed(pool, tmp_path):
     run = tmp_path / "run"
     run_loop(pool, config(rounds=0), run, seed=0, progress=False, log=lambda *a: None)
     record = json.loads((run / "loop.json").read_text())
-    del record["config"]["select"]["balance_within"]  # as written by an older version
+    del record["config"]["select"]["batch"]["balance_within"]  # as an older version wrote
     (run / "loop.json").write_text(json.dumps(record))
     run_loop(pool, config(rounds=0), run, seed=0, progress=False, log=lambda *a: None)
-    with pytest.raises(ValueError, match="select"):  # a non-default value is a change
-        run_loop(pool, config(rounds=0, select={"n_draws": 8, "n_targets": 16,
-                                               "balance_within": 2.0}), run, seed=0,
-                 progress=False)
+    with pytest.raises(ValueError, match="select.batch.balance_within"):  # non-default: a change
+        run_loop(pool, config(rounds=0, select={"batch": {"balance_within": 2.0}}), run,
+                 seed=0, progress=False)
 
 
 def stacked(weight, bias):
@@ -221,12 +222,34 @@ def test_human_in_the_loop_round_trip_through_the_cli(pool, tmp_path):
 def test_loop_cli_runs_two_seeds(pool, tmp_path):
     res = runner.invoke(app, ["loop", "--pool", str(pool.path), "--strategy",
                               "entropy-targeted", "--rounds", "1", "--budget", "5", "--seeds",
-                              "0,1", "--target", "sketch", "--out", str(tmp_path / "loop"),
+                              "0,1", "--target", "sketch", "--run", str(tmp_path / "loop"),
                               "--epochs", "3", "--no-progress"])
     assert res.exit_code == 0, res.output
     for seed in (0, 1):
         m = read_metrics(tmp_path / "loop" / f"seed{seed}")
         assert m["n_labels"].tolist() == [0, 5] and bool(m["targeted"].all())
+
+
+@pytest.mark.parametrize("strategy", ["epig", "entropy", "random-untargeted"])
+def test_loop_and_select_make_the_same_selection(pool, tmp_path, strategy):
+    """`loop --strategy S` and `select --strategy S` resolve the name, the targeting and the
+    seed identically: the same queue from the same state (a fresh run) and seed."""
+    common = ["--pool", str(pool.path), "--strategy", strategy, "--budget", "6", "--target",
+              "sketch", "--draws", "8", "--n-targets", "16", "--no-progress"]
+    loop = runner.invoke(app, ["loop", *common, "--rounds", "1", "--seeds", "3", "--run",
+                               str(tmp_path / "loop"), "--epochs", "2"])
+    assert loop.exit_code == 0, loop.output
+    run = tmp_path / "loop" / "seed3"
+    select = runner.invoke(app, ["select", *common, "--seed", "3", "--run",
+                                 str(tmp_path / "select"), "--posterior",
+                                 str(run / "posterior_base")])
+    assert select.exit_code == 0, select.output
+    by_loop = pd.read_parquet(run / "round_000" / "queue.parquet")
+    by_select = pd.read_parquet(tmp_path / "select" / "round_000" / "queue.parquet")
+    pd.testing.assert_frame_equal(by_loop, by_select)
+    targeted = RunState.load(run).rounds[0]["targeted"]
+    assert targeted is (strategy != "random-untargeted")
+    assert RunState.load(tmp_path / "select").rounds[0]["targeted"] is targeted
 
 
 def test_failure_probabilities_use_msp_with_a_single_wrong_prediction(pool):

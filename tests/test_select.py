@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from activevlm.acquisition import BatchOptions
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.cli.main import app
-from activevlm.runs import RunState
+from activevlm.runs import RunState, SelectConfig
 from activevlm.runs import select as select_module
-from activevlm.runs.select import SelectConfig, pool_index, select_round
+from activevlm.runs.select import pool_index, select_round
 from tests.toy import toy_pool
 
 runner = CliRunner()
@@ -63,7 +64,7 @@ def test_epig_round_queues_unlabelled_train_items(pool, posterior, tmp_path):
 def test_same_seed_same_selection_other_seed_differs(pool, posterior, tmp_path):
     def pick(seed, name):
         cfg = SelectConfig(budget=8, strategy="bald", n_draws=10, seed=seed,
-                           batch="stochastic")
+                           batch=BatchOptions(rule="stochastic"))
         return queued_ids(select_round(pool, new_state(pool, tmp_path / name), cfg,
                                        posterior=posterior, progress=False))
 
@@ -83,13 +84,14 @@ def test_targeted_selection_maps_targets_to_unique_pool_neighbours(pool, posteri
 
 
 def test_class_balanced_and_dedup(pool, tmp_path):
-    cfg = SelectConfig(budget=8, strategy="margin", class_balanced=True)
+    cfg = SelectConfig(budget=8, strategy="margin", batch=BatchOptions(class_balanced=True))
     q = select_round(pool, new_state(pool, tmp_path / "a"), cfg, progress=False).queue
     assert len(q) == 8
     # every selected item must be at most one class ahead of the others in the round robin
     counts = q["predicted_label"].value_counts()
     assert counts.max() - counts.min() <= 1 or len(counts) == 1
-    cfg = SelectConfig(budget=8, strategy="random", dedup_similarity=0.999999)
+    cfg = SelectConfig(budget=8, strategy="random",
+                       batch=BatchOptions(dedup_similarity=0.999999))
     assert len(select_round(pool, new_state(pool, tmp_path / "b"), cfg,
                             progress=False).queue) == 8
 
@@ -98,15 +100,17 @@ def test_class_balanced_and_dedup(pool, tmp_path):
     ({"target_domain": "sketch"}, True),  # a target: targeted, BayesVLM's protocol
     ({}, False),  # nothing to target
     ({"target_domain": "sketch", "knn_prefilter": 2}, False),  # untargeted options
-    ({"target_domain": "sketch", "batch": "diverse"}, False),
-    ({"target_domain": "sketch", "class_balanced": True}, False),
-    ({"target_domain": "sketch", "dedup_similarity": 0.99}, False),
+    ({"target_domain": "sketch", "batch": BatchOptions(rule="diverse")}, False),
+    ({"target_domain": "sketch", "batch": BatchOptions(class_balanced=True)}, False),
+    ({"target_domain": "sketch", "batch": BatchOptions(dedup_similarity=0.99)}, False),
     ({"target_domain": "sketch", "targeted": False}, False),
+    ({"target_domain": "sketch", "strategy": "entropy-untargeted"}, False),
+    ({"strategy": "entropy-targeted", "target_domain": "sketch"}, True),
 ])
 def test_targeting_is_automatic_unless_asked(pool, tmp_path, options, targeted):
     state = new_state(pool, tmp_path / "run")
-    result = select_round(pool, state, SelectConfig(budget=4, strategy="entropy", **options),
-                          progress=False)
+    result = select_round(pool, state, SelectConfig(**{"budget": 4, "strategy": "entropy",
+                                                       **options}), progress=False)
     assert state.rounds[-1]["targeted"] is targeted
     scored = pd.read_parquet(result.paths["scores"])["sample_id"]
     domains = pool.items.set_index("sample_id").loc[scored, "domain"]
@@ -119,7 +123,8 @@ def test_targeting_is_automatic_unless_asked(pool, tmp_path, options, targeted):
 
 
 def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_path):
-    cfg = SelectConfig(budget=6, strategy="margin", batch="diverse", prefilter=3, seed=4)
+    cfg = SelectConfig(budget=6, strategy="margin", seed=4,
+                       batch=BatchOptions(rule="diverse", prefilter=3))
     result = select_round(pool, new_state(pool, tmp_path / "a"), cfg, progress=False)
     again = select_round(pool, new_state(pool, tmp_path / "b"), cfg, progress=False)
     assert result.queue["sample_id"].tolist() == again.queue["sample_id"].tolist()
@@ -129,9 +134,9 @@ def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_
     assert set(result.queue["sample_id"]) <= set(shortlist)
     assert result.queue["sample_id"].tolist() != shortlist[:6]  # not simply the top-k
     with pytest.raises(ValueError, match="diverse"):
-        SelectConfig(batch="diverse", targeted=True).validate()
-    with pytest.raises(ValueError, match="batch must be"):
-        SelectConfig(batch="greedy").validate()
+        SelectConfig(batch=BatchOptions(rule="diverse"), targeted=True).resolve(True)
+    with pytest.raises(ValueError, match="'rule' must be one of 'topk', 'stochastic'"):
+        BatchOptions(rule="greedy")
 
 
 def test_interrupted_round_leaves_state_and_is_reproduced(pool, posterior, tmp_path,
@@ -156,8 +161,12 @@ def test_interrupted_round_leaves_state_and_is_reproduced(pool, posterior, tmp_p
 
 def test_bad_configs_name_the_problem(pool, tmp_path):
     state = new_state(pool, tmp_path / "run")
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ValueError, match="'epig' needs a posterior"):
         select_round(pool, state, SelectConfig(strategy="epig"), progress=False)
+    with pytest.raises(ValueError, match="contradicts targeted=False"):
+        SelectConfig(strategy="epig-targeted", targeted=False).resolve(True)
+    with pytest.raises(ValueError, match="'budget' must be an integer >= 1, got 0"):
+        SelectConfig(budget=0)
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
         select_round(pool, state, SelectConfig(strategy="best"), progress=False)
     with pytest.raises(ValueError, match="domain='moon'"):
@@ -165,6 +174,28 @@ def test_bad_configs_name_the_problem(pool, tmp_path):
                                                targeted=True), progress=False)
     with pytest.raises(ValueError, match="vilu"):
         select_round(pool, state, SelectConfig(strategy="vilu"), progress=False)
+
+
+def test_epig_without_a_target_domain_targets_the_pools_val_split(pool, posterior, tmp_path):
+    state = new_state(pool, tmp_path / "run")
+    config = SelectConfig(budget=3, strategy="epig", n_draws=5, n_targets=1000)
+    result = select_round(pool, state, config, posterior=posterior, progress=False)
+    assert state.rounds[-1]["targeted"] is False  # no target domain: pool scoring
+    problem = {}
+    real = select_module.SelectionProblem
+
+    def spy(*args, **kwargs):
+        problem["p"] = real(*args, **kwargs)
+        return problem["p"]
+
+    again = new_state(pool, tmp_path / "again")
+    select_module.SelectionProblem, saved = spy, real
+    try:
+        select_round(pool, again, config, posterior=posterior, progress=False)
+    finally:
+        select_module.SelectionProblem = saved
+    np.testing.assert_array_equal(problem["p"].target_rows, pool.indices(split="val"))
+    assert len(result.queue) == 3
 
 
 def test_cli_select_label_import_status_and_resume(pool, tmp_path):
@@ -223,7 +254,7 @@ def test_knn_prefilter_scores_only_neighbours_of_the_targets(pool, tmp_path):
     assert 0 < len(scored) < int(train.sum())  # a strict subset of the candidates was scored
     # every scored item is among the 2 nearest train neighbours of some sketch val item
     emb = pool.image_embeddings(pool.indices(domain="sketch", split="val")).numpy()
-    _, nn = pool_index(pool, pool.head, progress=False).search(emb, 2,
-                                                               exclude=~train.to_numpy())
+    index = pool_index(pool, pool.head, tmp_path / "index", progress=False)
+    _, nn = index.search(emb, 2, exclude=~train.to_numpy())
     allowed = set(pool.items["sample_id"].to_numpy()[np.unique(nn)])
     assert set(scored) <= allowed

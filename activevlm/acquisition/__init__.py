@@ -1,39 +1,24 @@
-"""Acquisition: heuristics on joint posterior draws, streaming pool scoring, batch selection."""
+"""Acquisition: heuristics on joint posterior draws, streaming pool scoring, batch rules, and
+the :class:`Strategy` that composes them into a selection.
 
-from activevlm.acquisition.batch import (
-    balance_by_class,
-    rank_diverse,
-    rank_stochastic,
-    rank_topk,
-    select_batch,
-    take_without_duplicates,
-)
-from activevlm.acquisition.entropy import entropy
-from activevlm.acquisition.epig import epig_scores
-from activevlm.acquisition.exclusion import exclusion_mask
-from activevlm.acquisition.heuristics import (
-    Heuristic,
-    get_heuristic,
-    list_heuristics,
-    register_heuristic,
-)
-from activevlm.acquisition.scoring import score_pool
-from activevlm.bayes.draws import JointDraws
+Names load on first use (:mod:`activevlm.utils.lazy`), so the option types of
+:mod:`activevlm.acquisition.options` import without torch or FAISS.
+"""
 
-__all__ = [
-    "Heuristic",
-    "JointDraws",
-    "balance_by_class",
-    "entropy",
-    "epig_scores",
-    "exclusion_mask",
-    "get_heuristic",
-    "list_heuristics",
-    "rank_diverse",
-    "rank_stochastic",
-    "rank_topk",
-    "register_heuristic",
-    "score_pool",
-    "select_batch",
-    "take_without_duplicates",
-]
+from activevlm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["balance_by_class", "rank_diverse", "rank_stochastic", "rank_topk",
+                     "select_batch", "take_without_duplicates"], "batch"),
+    "entropy": "entropy",
+    "epig_scores": "epig",
+    **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
+                    "heuristics"),
+    **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
+                     "parse_strategy", "resolve_targeting"], "options"),
+    "score_pool": "scoring",
+    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy", "map_probs",
+                     "rows_of", "with_batch"], "strategy"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

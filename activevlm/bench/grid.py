@@ -6,11 +6,11 @@ Config (a dict or a YAML file)::
     name: demo
     seeds: [0, 1, 2]
     strategies:                    # a strategy name, or a named variant with select options
-      - random
+      - random-untargeted
       - random-targeted
-      - epig
-      - {name: epig-balanced, strategy: epig, select: {class_balanced: true}}
-    loop: {rounds: 4, budget: 25, select: {n_draws: 50}}   # LoopConfig fields, all cells
+      - epig                       # no suffix: targeted when there is a target, as `select`
+      - {name: epig-balanced, strategy: epig, select: {batch: {class_balanced: true}}}
+    loop: {rounds: 4, select: {budget: 25, n_draws: 50}}   # LoopConfig fields, all cells
     datasets:
       - name: demo
         pool: demo                 # "demo" or a pool directory ($VARIABLES expanded)
@@ -37,9 +37,12 @@ import pandas as pd
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.demo.pool import demo_pool
+from activevlm.demo.world import DEFAULT_PER_CLASS
 from activevlm.loop import LoopConfig, run_loop
-from activevlm.loop.adapt import save_posterior
+from activevlm.pool import open_pool
+from activevlm.runs import DEMO_TARGET_DOMAIN, default_fit_domains, resolve_posterior
+from activevlm.utils.constraints import deep_merge
 from activevlm.utils.io import atomic_write_parquet
 
 RESULTS_FILE = "results.parquet"
@@ -52,12 +55,7 @@ VARIANT_KEYS = {"name", "strategy", "select"}
 def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True):
     """``(pool, default posterior domains, default target domain)`` for ``"demo"`` or a pool
     directory (``$VAR`` and ``~`` expanded; an unset variable is an error naming it)."""
-    from activevlm.runs.session import DEMO_TARGET_DOMAIN, default_fit_domains
-
     if spec == "demo":
-        from activevlm.demo.pool import demo_pool
-        from activevlm.demo.world import DEFAULT_PER_CLASS
-
         pool = demo_pool(n_per_class=per_class or DEFAULT_PER_CLASS, progress=progress)
         return pool, default_fit_domains(pool), DEMO_TARGET_DOMAIN
     if per_class is not None:
@@ -66,8 +64,6 @@ def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True)
     if "$" in path:
         raise ValueError(f"pool path {spec!r}: environment variable not set (see "
                          "benchmarks/README.md)")
-    from activevlm.pool import open_pool
-
     pool = open_pool(path)
     return pool, default_fit_domains(pool), None
 
@@ -109,29 +105,11 @@ def variant_of(entry: str | dict) -> tuple[str, str, dict]:
     else:
         raise ValueError(f"benchmark config: strategy entry {entry!r} must be a strategy name "
                          f"or a mapping with 'name', 'strategy' and optional 'select'")
-    LoopConfig.from_dict({"strategy": strategy, "select": select})
+    LoopConfig.from_dict({"select": {**select, "strategy": strategy}})
     if "/" in name or not name.strip():
         raise ValueError(f"benchmark config: strategy name {name!r} must be a non-empty "
                          "folder name")
     return name, strategy, select
-
-
-def _base_posterior(pool, config: LoopConfig, folder: Path, given: str | None,
-                    progress: bool):
-    if given is not None:
-        post = BayesVLMPosterior.load(os.path.expanduser(os.path.expandvars(given)))
-        if post.model_id != pool.model_id:
-            raise ValueError(f"posterior {given} is for model {post.model_id!r}, the pool "
-                             f"{pool.path} for {pool.model_id!r}")
-        return post
-    if (folder / "posterior.json").exists():
-        return BayesVLMPosterior.load(folder)
-    from activevlm.bayes.from_pool import fit_pool_posterior
-
-    post = fit_pool_posterior(pool, split=config.posterior_split,
-                              domain=config.posterior_domains, progress=progress)
-    save_posterior(post, folder)
-    return post
 
 
 def select_cells(grid: dict, seeds: list[int] | None = None,
@@ -176,18 +154,21 @@ def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = Tru
         for ds in grid["datasets"]:
             pool, fit_domains, default_target = resolve_pool(
                 str(ds["pool"]), ds.get("per_class"), progress=progress)
-            loop_raw = {**(grid.get("loop") or {}), **(ds.get("loop") or {})}
+            loop_raw = deep_merge(grid.get("loop") or {}, ds.get("loop"))
             loop_raw.setdefault("posterior_domains", fit_domains)
             base_config = LoopConfig.from_dict(loop_raw)
-            base = _base_posterior(pool, base_config, out / "posteriors" / ds["name"],
-                                   ds.get("posterior"), progress)
+            given = ds.get("posterior")
+            base = resolve_posterior(
+                out / "posteriors" / ds["name"], pool,
+                None if given is None else os.path.expanduser(os.path.expandvars(given)),
+                fit_domains=base_config.posterior_domains, split=base_config.posterior_split,
+                progress=progress, log=lambda *a, **k: None)
             for target in ds.get("targets") or [default_target]:
                 tname = "all" if target is None else str(target)
                 for entry in grid["strategies"]:
                     name, strategy, select = variant_of(entry)
-                    cfg = LoopConfig.from_dict({
-                        **loop_raw, "strategy": strategy, "target_domain": target,
-                        "select": {**(loop_raw.get("select") or {}), **select}})
+                    cfg = LoopConfig.from_dict(deep_merge(loop_raw, {"select": deep_merge(
+                        select, {"strategy": strategy, "target_domain": target})}))
                     for seed in grid["seeds"]:
                         bar.update(task, description=f"{ds['name']}/{tname}/{name}/seed{seed}")
                         cell = out / "runs" / ds["name"] / tname / name / f"seed{seed}"

@@ -2,7 +2,7 @@
 
 Accuracy (and ECE) versus the number of labels, mean ± standard error over seeds, one line
 per strategy and one figure per (dataset, target); ``summary.md``: mean ± se per strategy at
-each budget and the paired (same seed) difference to ``random``.
+each budget and the paired (same seed) difference to ``random-untargeted``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 from activevlm.utils.io import atomic_path, atomic_write_text
 
 GROUP = ["dataset", "target", "strategy", "n_labels"]
-BASELINE = "random"
+BASELINE = "random-untargeted"
 
 
 def _se(x: pd.Series) -> float:

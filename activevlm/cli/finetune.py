@@ -32,10 +32,8 @@ def finetune(
 ) -> None:
     """Fine-tune the pool's head on all labels of the run; the next `select` uses it."""
     from activevlm.finetune import FinetuneConfig, RefitConfig
-    from activevlm.loop import adapt_run, base_posterior
     from activevlm.pool import open_pool
-    from activevlm.runs import RunState
-    from activevlm.runs.session import default_fit_domains
+    from activevlm.runs import RunState, adapt_run, base_posterior, default_fit_domains
 
     try:
         config = FinetuneConfig(max_epochs=epochs, lr=lr, l2_to_init=l2_to_init, seed=seed,
@@ -49,7 +47,7 @@ def finetune(
             if len(val_rows) == 0:
                 raise ValueError(f"pool {pool.path}: no labelled items with domain="
                                  f"{val_domain!r}, split={val_split!r}")
-        base = base_posterior(pool, state, posterior, fit_domains=default_fit_domains(pool),
+        base = base_posterior(state.dir, pool, posterior, fit_domains=default_fit_domains(pool),
                               progress=progress, log=console.print)
         result = adapt_run(pool, state, finetune=config, refit_config=refit_config, base=base,
                            val_rows=val_rows, progress=progress)

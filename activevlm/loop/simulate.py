@@ -15,46 +15,44 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from activevlm.acquisition import STRATEGIES
 from activevlm.bayes.posterior import BayesVLMPosterior
-from activevlm.finetune import FinetuneConfig
-from activevlm.loop.adapt import adapt_run, base_posterior, labelled_rows
 from activevlm.loop.config import LoopConfig
 from activevlm.loop.evaluate import evaluate_model
 from activevlm.loop.failure import failure_probabilities
 from activevlm.loop.oracle import answer_queue
-from activevlm.runs.select import FAILURE_STRATEGIES, STRATEGIES, select_round
-from activevlm.runs.session import RUN_POSTERIOR, load_run_head
+from activevlm.runs.adapt import adapt_run, labelled_rows
+from activevlm.runs.rundir import RunDir, base_posterior, load_posterior
+from activevlm.runs.select import select_round
 from activevlm.runs.state import RunState
 from activevlm.utils.io import atomic_write_json, atomic_write_text
 
-LOOP_FILE = "loop.json"
-METRICS_FILE = "metrics.jsonl"
-FAILURE_FILE = "failure.json"  # per round: where the vilu strategies' failure scores came from
 TIMING_COLUMNS = ("select_seconds", "finetune_seconds", "eval_seconds", "seconds")
 
 
 def read_metrics(out_dir: str | Path) -> pd.DataFrame:
     """The rows of ``out_dir/metrics.jsonl`` (empty frame when there are none)."""
-    path = Path(out_dir) / METRICS_FILE
+    path = RunDir(out_dir).metrics
     if not path.exists():
         return pd.DataFrame()
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
 
 
 def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
-    atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(RunDir(out_dir).metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str) -> None:
     """Write ``loop.json`` on the first call; later calls must match it."""
     record = {"config": json.loads(json.dumps(config.to_dict())), "seed": seed,
               "model_id": model_id}
-    path = out_dir / LOOP_FILE
+    path = RunDir(out_dir).loop
     if not path.exists():
         atomic_write_json(path, record)
         return
@@ -64,8 +62,8 @@ def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str
             raise ValueError(f"{path}: this run has {key}={old.get(key)!r}, not "
                              f"{record[key]!r}; use another output directory")
     defaults = json.loads(json.dumps(LoopConfig().to_dict()))
-    changed = sorted(k for k in record["config"] if k != "rounds" and not _same_setting(
-        old["config"].get(k, _MISSING), record["config"][k], defaults[k]))
+    changed = [k for k in changed_settings(old["config"], record["config"], defaults)
+               if k != "rounds"]
     if changed:
         raise ValueError(f"{path}: the run was made with other loop settings for {changed}; "
                          "use another output directory (only 'rounds' may change)")
@@ -76,15 +74,18 @@ def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str
 _MISSING = object()
 
 
-def _same_setting(old, new, default) -> bool:
-    """Whether a stored setting equals the current one; an option the stored run predates
-    (missing there) counts as equal when the current value is its default."""
-    if old is _MISSING:
-        return new == default
-    if isinstance(old, dict) and isinstance(new, dict):
-        return all(_same_setting(old.get(k, _MISSING), v, default.get(k) if
-                                 isinstance(default, dict) else None) for k, v in new.items())
-    return old == new
+def changed_settings(old, new, default, prefix: str = "") -> list[str]:
+    """Dotted names of the settings in ``new`` that differ from ``old``; a setting the stored
+    run predates (missing in ``old``) counts as unchanged when ``new`` has its default."""
+    if isinstance(new, dict):
+        sub = old if isinstance(old, dict) else {}
+        dflt = default if isinstance(default, dict) else {}
+        if old is not _MISSING and not isinstance(old, dict):
+            return [prefix.rstrip(".")]
+        return [name for k, v in new.items() for name in changed_settings(
+            sub.get(k, _MISSING), v, dflt.get(k), f"{prefix}{k}.")]
+    same = new == default if old is _MISSING else old == new
+    return [] if same else [prefix.rstrip(".")]
 
 
 def _rows_of(pool, domain, split) -> np.ndarray:
@@ -115,12 +116,15 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_loop_file(out_dir, config, seed, pool.model_id)
     state = RunState.open_or_create(out_dir, str(pool.path), pool.model_id, pool.classnames,
-                                    config={"loop": LOOP_FILE, "seed": seed})
-    base = base_posterior(pool, state, posterior, fit_domains=config.posterior_domains,
+                                    config={"loop": RunDir(out_dir).loop.name, "seed": seed})
+    run = state.dir
+    base = base_posterior(run, pool, posterior, fit_domains=config.posterior_domains,
                           split=config.posterior_split, progress=progress, log=log)
     val_rows = _rows_of(pool, config.target_domain, config.val_split)
-    finetune = FinetuneConfig(**{**config.finetune.__dict__, "seed": seed})
-    select = config.select_config(seed)
+    finetune = replace(config.finetune, seed=seed)
+    select = replace(config.select, seed=seed)
+    base_name, targeted = select.resolve(has_target=select.target_domain is not None)
+    spec = STRATEGIES[base_name]
     rows = read_metrics(out_dir).to_dict("records")
 
     def evaluate(head, post) -> dict:
@@ -131,17 +135,17 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     if not rows:  # round 0: the zero-shot model and the base posterior
         t0 = time.perf_counter()
         row = {"round": 0, "n_labels": 0, "n_new": 0, **evaluate(pool.head, base)}
-        rows.append(_finish(row, config, seed, 0.0, 0.0, time.perf_counter() - t0))
+        rows.append(_finish(row, select.strategy, targeted, seed, 0.0, 0.0,
+                            time.perf_counter() - t0))
         _write_metrics(out_dir, rows)
     for r in range(len(rows), config.rounds + 1):
         start = time.perf_counter()
-        failure_file = state.round_dir(r - 1) / FAILURE_FILE
+        failure_file = run.failure(r - 1)
         if state.round < r:  # this round's selection was not finished before
-            head = load_run_head(state, pool)
-            post = (BayesVLMPosterior.load(out_dir / RUN_POSTERIOR)
-                    if STRATEGIES[config.base_strategy][1] else None)
+            head = run.load_head(pool)
+            post = load_posterior(run.posterior, pool) if spec.bayesian else None
             failure_prob = None
-            if config.base_strategy in FAILURE_STRATEGIES:
+            if spec.failure is not None:
                 lab_rows, labels = labelled_rows(pool, state)
                 failure_prob, source = failure_probabilities(
                     pool, head, lab_rows, labels, config.vilu, config.vilu_min_labels,
@@ -156,13 +160,13 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
         batch = batch_stats(pool, state, r - 1, config.target_domain)
         adapted = adapt_run(pool, state, finetune=finetune, refit_config=config.refit,
                             base=base, val_rows=val_rows, progress=progress)
-        adapted.head.save(state.round_dir(r - 1) / "head")
+        adapted.head.save(run.round_head(r - 1))
         t_eval = time.perf_counter()
         row = {"round": r, "n_labels": adapted.n_labels,
                "n_new": adapted.n_labels - rows[-1]["n_labels"],
                **evaluate(adapted.head, adapted.posterior), **batch,
                "failure_source": source, "best_epoch": adapted.finetune.best_epoch}
-        rows.append(_finish(row, config, seed, t_select, adapted.seconds,
+        rows.append(_finish(row, select.strategy, targeted, seed, t_select, adapted.seconds,
                             time.perf_counter() - t_eval, time.perf_counter() - start))
         _write_metrics(out_dir, rows)
         log(f"round {r}/{config.rounds}: {adapted.n_labels} labels, accuracy "
@@ -174,7 +178,7 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
 
 def batch_stats(pool, state: RunState, round_index: int, target_domain: str | None) -> dict:
     """``target_share`` and ``n_classes_new`` of round ``round_index``'s queue (see run_loop)."""
-    queued = pd.read_parquet(state.round_dir(round_index) / "queue.parquet",
+    queued = pd.read_parquet(state.dir.queue(round_index),
                              columns=["sample_id"])["sample_id"]
     items = pool.items.set_index("sample_id").loc[queued]
     share = (float((items["domain"] == target_domain).mean()) if target_domain is not None
@@ -183,9 +187,9 @@ def batch_stats(pool, state: RunState, round_index: int, target_domain: str | No
     return {"target_share": share, "n_classes_new": int(len(np.unique(labels[labels >= 0])))}
 
 
-def _finish(row: dict, config: LoopConfig, seed: int, t_select: float, t_finetune: float,
-            t_eval: float, total: float | None = None) -> dict:
+def _finish(row: dict, strategy: str, targeted: bool, seed: int, t_select: float,
+            t_finetune: float, t_eval: float, total: float | None = None) -> dict:
     timing = {"select_seconds": t_select, "finetune_seconds": t_finetune,
               "eval_seconds": t_eval, "seconds": t_eval if total is None else total}
-    return {**row, "strategy": config.strategy, "targeted": config.targeted, "seed": seed,
+    return {**row, "strategy": strategy, "targeted": targeted, "seed": seed,
             **{k: round(v, 3) for k, v in timing.items()}}

@@ -1,7 +1,22 @@
-"""Run directories: the state of one labelling campaign (rounds, labels, queues)."""
+"""Run directories: the state of one labelling campaign (rounds, labels, queues, the model
+the next round selects with), one selection round, and the fine-tune/refit step.
 
-from activevlm.runs.labels import LabelImport, import_labels, read_label_file
-from activevlm.runs.queue import write_queue
-from activevlm.runs.state import RunState
+Names load on first use (:mod:`activevlm.utils.lazy`): ``SelectConfig`` imports without torch.
+"""
 
-__all__ = ["LabelImport", "RunState", "import_labels", "read_label_file", "write_queue"]
+from activevlm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(["AdaptResult", "adapt_run", "labelled_rows"], "adapt"),
+    "SelectConfig": "config",
+    **dict.fromkeys(["LabelImport", "import_labels", "read_label_file"], "labels"),
+    "write_queue": "queue",
+    **dict.fromkeys(["RunDir", "base_posterior", "load_posterior", "resolve_posterior",
+                     "run_posterior", "save_posterior"], "rundir"),
+    **dict.fromkeys(["SelectionResult", "head_fingerprint", "pool_index", "select_round",
+                     "target_rows"], "select"),
+    **dict.fromkeys(["DEMO_TARGET_DOMAIN", "default_fit_domains", "run_select"], "session"),
+    "RunState": "state",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from activevlm.runs.rundir import RunDir
 from activevlm.utils.io import atomic_write_json, read_json
 
-STATE_FILE = "state.json"
+STATE_FILE = RunDir(Path(".")).state.name
 FORMAT_VERSION = 1
 
 
@@ -39,8 +40,13 @@ class RunState:
         """Sample ids that must never be queued again: labelled, queued or skipped."""
         return set(self.labels) | set(self.queued) | set(self.ignored)
 
+    @property
+    def dir(self) -> RunDir:
+        """Every path of this run."""
+        return RunDir(self.path)
+
     def round_dir(self, index: int) -> Path:
-        return self.path / f"round_{index:03d}"
+        return self.dir.round(index)
 
     @classmethod
     def create(cls, path: str | Path, pool: str, model_id: str, classnames: list[str],
@@ -85,4 +91,4 @@ class RunState:
     def save(self) -> None:
         d = asdict(self)
         d.pop("path")
-        atomic_write_json(self.path / STATE_FILE, {"format_version": FORMAT_VERSION, **d})
+        atomic_write_json(self.dir.state, {"format_version": FORMAT_VERSION, **d})

@@ -28,7 +28,7 @@ import yaml
 
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.bench import plot_results, run_grid
-from activevlm.bench.plot import summary_table
+from activevlm.bench.plot import BASELINE, summary_table
 from activevlm.evaluation import evaluate_zeroshot
 from activevlm.utils.io import atomic_write_parquet, atomic_write_text
 from activevlm.vilu import ViLUConfig, fit_vilu_on_pool
@@ -45,7 +45,8 @@ from pacs_clip import (  # noqa: E402
 )
 
 GRID_CONFIG = Path(__file__).resolve().parent / "pacs.yaml"
-QUICK_STRATEGIES = ["random", "entropy", "epig", "vilu"]
+QUICK_STRATEGIES = ["random-untargeted", "entropy-untargeted", "epig-untargeted",
+                    "vilu-untargeted"]
 VILU_TRAINING = {"source": {"split": "train", "domain": list(SOURCE_DOMAINS)},
                  "pool": {"split": "train", "domain": None}}
 """ViLU training sets: labelled source-domain items, or the whole labelled pool (every
@@ -131,11 +132,11 @@ def markdown_report(zs: pd.DataFrame, fail: pd.DataFrame, al: pd.DataFrame,
         wide = wide.pivot(index="strategy", columns="n_labels", values="cell")
         lines += [f"Target {target}:", "", to_markdown(wide), ""]
         if "diff_mean" in rows:
-            diff = rows[rows["strategy"] != "random"]
+            diff = rows[rows["strategy"] != BASELINE]
             diff = diff.assign(cell=[f"{m:+.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}")
                                      for m, s in zip(diff["diff_mean"], diff["diff_se"],
                                                      strict=True)])
-            lines += [f"Target {target}, accuracy minus random (paired by seed):", "",
+            lines += [f"Target {target}, accuracy minus {BASELINE} (paired by seed):", "",
                       to_markdown(diff.pivot(index="strategy", columns="n_labels",
                                             values="cell")), ""]
     return "\n".join(lines)

@@ -8,12 +8,8 @@ refit from the run's base posterior, so a round can be recomputed and labels nev
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +18,7 @@ from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.finetune import FinetuneConfig, FinetuneResult, RefitConfig, finetune_head
 from activevlm.finetune import refit_posterior as refit
 from activevlm.models.head import ProjectionHead
-from activevlm.runs.session import (
-    RUN_BASE_POSTERIOR,
-    RUN_POSTERIOR,
-    load_or_fit_posterior,
-    run_head_path,
-)
+from activevlm.runs.rundir import save_posterior
 from activevlm.runs.state import RunState
 
 
@@ -63,38 +54,6 @@ def _activations(pool, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | N
     return act, res
 
 
-def save_posterior(posterior: BayesVLMPosterior, folder: str | Path) -> None:
-    """Write ``posterior`` to ``folder`` as a whole: into a sibling folder first, then swapped
-    in, so a crash never leaves a mix of two posteriors."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    posterior.save(tmp)
-    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def base_posterior(pool, state: RunState, posterior: BayesVLMPosterior | str | Path | None = None,
-                   *, fit_domains=None, split: str | None = "train", progress: bool = True,
-                   log: Callable = print) -> BayesVLMPosterior:
-    """The run's posterior before any fine-tuning (``run/posterior_base``), created on first
-    need from ``posterior`` (an object or folder), the run's cached one, or a fit on the pool."""
-    folder = state.path / RUN_BASE_POSTERIOR
-    if (folder / "posterior.json").exists():
-        return BayesVLMPosterior.load(folder)
-    if isinstance(posterior, BayesVLMPosterior):
-        post = posterior
-    else:
-        post = load_or_fit_posterior(pool, state, posterior, fit_domains=fit_domains,
-                                     split=split, progress=progress, log=log)
-    save_posterior(post, folder)
-    if not (state.path / RUN_POSTERIOR / "posterior.json").exists():
-        save_posterior(post, state.path / RUN_POSTERIOR)
-    return post
-
-
 def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
               refit_config: RefitConfig | None = None,
               base: BayesVLMPosterior | None = None, val_rows: np.ndarray | None = None,
@@ -123,10 +82,10 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
         val = (v_act, torch.from_numpy(v_labels), v_res)
     result = finetune_head(pool.head, act, torch.from_numpy(labels), pool.text_activations,
                            residual=res, val=val, config=finetune, progress=progress)
-    result.head.save(run_head_path(state.path))
+    result.head.save(state.dir.head)
     post = None
     if base is not None:
         post = refit(base, result.head, act, torch.from_numpy(pool.text_activations),
                      image_residual=res, config=refit_config, progress=progress)
-        save_posterior(post, state.path / RUN_POSTERIOR)
+        save_posterior(post, state.dir.posterior)
     return AdaptResult(result.head, post, result, len(rows), time.perf_counter() - start)

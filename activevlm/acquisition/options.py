@@ -1,0 +1,131 @@
+"""Strategy names and batch options: plain data, cheap to import (no torch, no FAISS).
+
+Names: ``BASE[-targeted|-untargeted]`` with ``BASE`` a key of :data:`STRATEGIES`. Without a
+suffix targeting is automatic: targeted whenever there is a target set, unless an option that
+only applies to pool scoring is asked for (``knn_prefilter``, the ``diverse`` batch, class
+balancing, dedup). :func:`resolve_targeting` is the one place that decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from activevlm.utils.constraints import Interval, check_constraints
+
+TARGETED, UNTARGETED = "-targeted", "-untargeted"
+
+
+class BatchRule(StrEnum):
+    """How a score order becomes a batch (see :mod:`activevlm.acquisition.batch`)."""
+
+    TOPK = "topk"
+    STOCHASTIC = "stochastic"  # Kirsch et al. 2023: sample ∝ weight(score), no replacement
+    DIVERSE = "diverse"  # best item of each k-means cluster of the best candidates
+
+
+class Weighting(StrEnum):
+    """Stochastic batches: weight ``score^β`` (power) or ``exp(β·score)`` (softmax)."""
+
+    POWER = "power"
+    SOFTMAX = "softmax"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy: its ``heuristic``, whether it scores on posterior draws
+    (``bayesian``) and whether it needs ViLU failure probabilities ``[N]`` (``failure``:
+    None, "scores" = they are the score, "weights" = they multiply EPIG)."""
+
+    heuristic: str
+    bayesian: bool
+    failure: str | None = None
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    "random": StrategySpec("random", False),
+    "entropy": StrategySpec("entropy", False),  # MAP predictive entropy
+    "bayes-entropy": StrategySpec("entropy", True),  # entropy of the posterior predictive
+    "margin": StrategySpec("margin", False),
+    "bald": StrategySpec("bald", True),
+    "epig": StrategySpec("epig", True),
+    "vilu": StrategySpec("vilu", False, failure="scores"),
+    "vilu+epig": StrategySpec("epig", True, failure="weights"),  # EPIG · p_fail
+}
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The batch rule and its options.
+
+    ``rule``: :class:`BatchRule`; ``beta``/``weighting``: stochastic batches; ``prefilter``:
+    the diverse batch clusters the best ``prefilter × budget`` candidates;
+    ``class_balanced``: walk the order round-robin over predicted classes, among the best
+    ``balance_within × budget`` candidates only when set; ``dedup_similarity``: skip items
+    whose cosine similarity to a taken one exceeds it. All but ``rule``/``beta``/``weighting``
+    apply to pool scoring only.
+    """
+
+    rule: BatchRule = BatchRule.TOPK
+    beta: float = 1.0
+    weighting: Weighting = Weighting.POWER
+    prefilter: float = 4.0
+    class_balanced: bool = False
+    balance_within: float | None = None
+    dedup_similarity: float | None = None
+
+    _constraints = {
+        "rule": [BatchRule],
+        "beta": [Interval(0, None)],
+        "weighting": [Weighting],
+        "prefilter": [Interval(1, None)],
+        "class_balanced": [bool],
+        "balance_within": [None, Interval(1, None)],
+        "dedup_similarity": [None, Interval(-1, 1)],
+    }
+
+    def __post_init__(self) -> None:
+        check_constraints(self, "batch option")
+
+    @property
+    def untargeted_only(self) -> bool:
+        """Whether an option asks for pool scoring (it has no meaning when targeted)."""
+        return (self.rule is BatchRule.DIVERSE or self.class_balanced
+                or self.dedup_similarity is not None)
+
+
+
+def parse_strategy(name: str) -> tuple[str, bool | None]:
+    """``"epig-targeted"`` -> ``("epig", True)``, ``"epig"`` -> ``("epig", None)`` (auto)."""
+    for suffix, targeted in ((TARGETED, True), (UNTARGETED, False)):
+        if name.endswith(suffix) and name[: -len(suffix)] in STRATEGIES:
+            return name[: -len(suffix)], targeted
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)}, "
+                         f"optionally with the suffix {TARGETED!r} or {UNTARGETED!r}")
+    return name, None
+
+
+def resolve_targeting(name: str, *, has_target: bool, targeted: bool | None = None,
+                      batch: BatchOptions | None = None,
+                      knn_prefilter: int | None = None) -> tuple[str, bool]:
+    """``(base name, targeted)`` that a strategy name means: targeting resolved in one place.
+
+    ``targeted``: an explicit choice (it must agree with a suffix in ``name``); None = the
+    suffix, else automatic: targeted when ``has_target`` and no untargeted-only option is set.
+    """
+    base, suffix = parse_strategy(name)
+    if suffix is not None and targeted is not None and suffix != targeted:
+        raise ValueError(f"strategy {name!r} contradicts targeted={targeted}")
+    batch = batch or BatchOptions()
+    if targeted is None:
+        targeted = suffix
+    if targeted is None:
+        targeted = has_target and not (batch.untargeted_only or knn_prefilter)
+    if targeted and (batch.untargeted_only or knn_prefilter):
+        raise ValueError("the diverse batch, class balancing, dedup and knn_prefilter apply to "
+                         "pool scoring; targeted selection already spreads the batch over the "
+                         "target points (use --untargeted, or leave them out)")
+    if knn_prefilter is not None and knn_prefilter < 1:
+        raise ValueError(f"knn_prefilter must be >= 1, got {knn_prefilter}")
+    return base, bool(targeted)

@@ -1,0 +1,241 @@
+"""Selection strategies: one object from a heuristic's scores to the rows of a batch.
+
+A :class:`Strategy` is what a user names (``"epig"``, ``"entropy-targeted"``, ...): a registered
+heuristic (:mod:`activevlm.acquisition.heuristics`) evaluated on the MAP head or on joint
+posterior draws, targeted or not, and a batch rule (:class:`BatchOptions`). It is pure, like
+small-text's ``query``: :meth:`Strategy.select` reads a :class:`SelectionProblem` and returns
+rows and scores; it writes nothing (caches such as the FAISS index are the caller's, passed in
+as a callable). ``select``, ``loop``, ``bench``, the notebook and the Python API all resolve a
+name through :func:`make_strategy`, so a name means the same selection everywhere.
+
+Names and targeting: :mod:`activevlm.acquisition.options`.
+
+- **Targeted** (BayesVLM's protocol): score the target points, order them with the batch rule
+  and map them, best first, to their nearest unlabelled pool neighbours (round robin).
+- **Untargeted**: score the candidate pool rows and take ``budget`` of them with the batch
+  rule (:func:`activevlm.acquisition.batch.select_batch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from activevlm.acquisition.batch import select_batch
+from activevlm.acquisition.epig import epig_scores
+from activevlm.acquisition.heuristics import Heuristic, get_heuristic
+from activevlm.acquisition.options import (
+    STRATEGIES,
+    TARGETED,
+    UNTARGETED,
+    BatchOptions,
+    StrategySpec,
+    resolve_targeting,
+)
+from activevlm.acquisition.scoring import score_pool
+from activevlm.bayes.draws import JointDraws
+from activevlm.index import EmbeddingIndex, knn_candidates, nearest_unique
+from activevlm.models.head import ProjectionHead
+from activevlm.vilu.combine import failure_weighted
+
+
+@dataclass
+class SelectionProblem:
+    """Everything a strategy reads (nothing is written).
+
+    ``candidates [n]``: pool rows that may be queued. ``target_rows [M]``: rows of
+    ``target_pool`` (default ``pool``) forming the target set (EPIG's target distribution and
+    the points targeted selection maps from). ``failure_prob [N]``: ViLU failure probabilities
+    of all pool rows. ``index()``: the FAISS index of the pool's image embeddings under
+    ``head`` (built or loaded by the caller, on first need). ``n_draws``: joint posterior
+    draws K; ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``).
+    """
+
+    pool: Any
+    candidates: np.ndarray
+    head: ProjectionHead
+    posterior: Any = None
+    target_pool: Any = None
+    target_rows: np.ndarray | None = None
+    failure_prob: np.ndarray | None = None
+    index: Callable[[], EmbeddingIndex] | None = None
+    n_draws: int = 100
+    chunk_size: int = 2048
+    epig_top_classes: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target_pool is None:
+            self.target_pool = self.pool
+
+
+@dataclass
+class Selection:
+    """``rows [<=budget]`` pool rows in selection order with their ``scores``; ``scored_rows``
+    / ``scores_all`` are every scored input (target rows when targeted, else pool rows)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    scored_rows: np.ndarray
+    scores_all: np.ndarray
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named selection rule; build it with :func:`make_strategy`.
+
+    ``knn_prefilter=k``: untargeted scoring of the pool rows among the k nearest neighbours of
+    some target point only.
+    """
+
+    name: str
+    targeted: bool
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    knn_prefilter: int | None = None
+
+    @property
+    def spec(self) -> StrategySpec:
+        return STRATEGIES[self.name]
+
+    @property
+    def label(self) -> str:
+        """The name with its resolved targeting, e.g. ``"epig-targeted"``."""
+        return self.name + (TARGETED if self.targeted else UNTARGETED)
+
+    @property
+    def needs_target(self) -> bool:
+        """Whether :meth:`select` reads ``problem.target_rows``."""
+        return self.spec.heuristic == "epig" or self.targeted or bool(self.knn_prefilter)
+
+    def select(self, problem: SelectionProblem, budget: int, seed: int) -> Selection:
+        """Up to ``budget`` pool rows from ``problem.candidates`` (fewer only when they run
+        out); the same problem and seed give the same rows."""
+        self._check(problem)
+        if self.targeted:
+            return self._select_targeted(problem, budget, seed)
+        return self._select_pool(problem, budget, seed)
+
+    def _check(self, problem: SelectionProblem) -> None:
+        spec = self.spec
+        if spec.bayesian and problem.posterior is None:
+            raise ValueError(f"strategy {self.name!r} needs a posterior")
+        if spec.failure and problem.failure_prob is None:
+            raise ValueError(f"strategy {self.name!r} needs failure probabilities from a "
+                             "trained ViLU model")
+        if self.needs_target and problem.target_rows is None:
+            raise ValueError(f"strategy {self.label!r}"
+                             f"{' with knn_prefilter' if self.knn_prefilter else ''} needs a "
+                             "target domain or target pool (--target)")
+        if self.targeted and problem.failure_prob is not None and \
+                problem.target_pool is not problem.pool:
+            raise ValueError("targeted ViLU selection needs the target set inside the pool")
+
+    def _select_targeted(self, p: SelectionProblem, budget: int, seed: int) -> Selection:
+        trows = p.target_rows
+        scores = self.score(p, p.target_pool, trows, seed)
+        order = select_batch(scores, len(scores), strategy=self.batch.rule.value, seed=seed,
+                             beta=self.batch.beta, mode=self.batch.weighting.value)
+        index = p.index()
+        excluded = np.ones(index.n, dtype=bool)
+        excluded[p.candidates] = False
+        target_emb = p.target_pool.image_embeddings(trows[order], p.head).numpy()
+        rows = nearest_unique(index, target_emb, budget, exclude=excluded)
+        # round robin: the i-th pick is a neighbour of the (i mod T)-th best target point
+        neighbour_of = np.resize(order, len(rows))
+        return Selection(rows, scores[neighbour_of], trows, scores)
+
+    def _select_pool(self, p: SelectionProblem, budget: int, seed: int) -> Selection:
+        n = len(p.pool.items)
+        candidates = p.candidates
+        index = p.index() if (self.knn_prefilter or self.batch.untargeted_only) else None
+        if self.knn_prefilter:
+            excluded = np.ones(n, dtype=bool)
+            excluded[candidates] = False
+            target_emb = p.target_pool.image_embeddings(p.target_rows, p.head).numpy()
+            candidates = knn_candidates(index, target_emb, self.knn_prefilter, exclude=excluded)
+        scores = self.score(p, p.pool, candidates, seed)
+        full = np.full(n, -np.inf)
+        full[candidates] = scores
+        excluded = np.ones(n, dtype=bool)
+        excluded[candidates] = False
+        b = self.batch
+        predicted = map_probs(p.pool, p.head, np.arange(n)).argmax(1) if b.class_balanced \
+            else None
+        rows = select_batch(
+            np.where(np.isfinite(full), full, 0.0), budget, strategy=b.rule.value, seed=seed,
+            beta=b.beta, mode=b.weighting.value, exclude=excluded, predicted_class=predicted,
+            balance_within=None if b.balance_within is None else
+            int(np.ceil(b.balance_within * budget)),
+            index=index, min_similarity=b.dedup_similarity, prefilter=b.prefilter)
+        return Selection(rows, full[rows], candidates, scores)
+
+    def score(self, p: SelectionProblem, pool, rows: np.ndarray, seed: int) -> np.ndarray:
+        """Scores ``[len(rows)]`` of ``pool`` rows (higher = first) under this strategy's
+        heuristic; EPIG's target set is ``p.target_rows``, scored under the same draws."""
+        spec = self.spec
+        generator = torch.Generator().manual_seed(seed)
+        if spec.bayesian:
+            draws = JointDraws.from_posterior(p.posterior, pool.text_activations, p.n_draws,
+                                              generator)
+        else:
+            draws = JointDraws.from_head(p.head, pool.text_activations)
+        h = get_heuristic(spec.heuristic)
+        if h.name == "epig" and p.epig_top_classes is not None:
+            h = Heuristic("epig", partial(epig_scores, top_classes=p.epig_top_classes),
+                          h.requires)
+        target_probs = None
+        if "target_probs" in h.requires:
+            target_probs = draws.probs_chunked(*rows_of(p.target_pool, p.target_rows))
+        failure = None if p.failure_prob is None else p.failure_prob[rows]
+        act, residual = rows_of(pool, rows)
+        scores = score_pool(draws, act, h, residual=residual, target_probs=target_probs,
+                            external_scores=failure if spec.failure == "scores" else None,
+                            generator=generator, chunk_size=p.chunk_size, progress=p.progress)
+        if spec.failure == "weights":
+            scores = failure_weighted(scores, failure)
+        return scores
+
+
+def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
+                  batch: BatchOptions | None = None,
+                  knn_prefilter: int | None = None) -> Strategy:
+    """The :class:`Strategy` a name means (targeting: :func:`resolve_targeting`)."""
+    base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted,
+                                       batch=batch, knn_prefilter=knn_prefilter)
+    return Strategy(base, targeted, batch or BatchOptions(), knn_prefilter)
+
+
+def with_batch(strategy: Strategy, **options: Any) -> Strategy:
+    """``strategy`` with other batch options (``dataclasses.replace`` on both levels)."""
+    return replace(strategy, batch=replace(strategy.batch, **options))
+
+
+def rows_of(pool, rows: np.ndarray) -> tuple[_Rows, _Rows | None]:
+    """Lazy row views ``(activations [n, d_img], residual [n, D] | None)`` of ``pool`` rows,
+    read chunk by chunk by the scorers."""
+    res = None if pool.image_residuals is None else _Rows(pool.image_residuals, rows)
+    return _Rows(pool.image_activations, rows), res
+
+
+class _Rows:
+    """Row-sliceable view of selected rows of an array (read on slicing)."""
+
+    def __init__(self, array, rows: np.ndarray):
+        self.array, self.rows = array, rows
+        self.shape = (len(rows), *array.shape[1:])
+
+    def __getitem__(self, key):
+        return self.array[self.rows[key]]
+
+
+def map_probs(pool, head: ProjectionHead, rows: np.ndarray) -> np.ndarray:
+    """Class probabilities ``[len(rows), C]`` of the deterministic ``head`` (through the link
+    every predictive uses: softmax, or normalised sigmoids for SigLIP)."""
+    draws = JointDraws.from_head(head, pool.text_activations, device="cpu")
+    act, residual = rows_of(pool, np.asarray(rows))
+    return draws.probs_chunked(act, residual, chunk_size=8192)[0].numpy()

@@ -1,0 +1,67 @@
+"""``SelectConfig``: the options of one selection round (plain data, cheap to import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from activevlm.acquisition.options import BatchOptions, parse_strategy, resolve_targeting
+from activevlm.utils.constraints import Interval, check_constraints
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """How one round chooses ``budget`` items.
+
+    ``strategy``: a name of :data:`activevlm.acquisition.STRATEGIES`, optionally with
+    ``-targeted`` / ``-untargeted``; ``targeted`` the same choice as an option (None = the
+    suffix, else automatic: targeted whenever there is a target, see
+    :func:`activevlm.acquisition.options.resolve_targeting`). ``target_domain`` /
+    ``target_split``: the target set (EPIG's target distribution; the points targeted
+    selection maps to their nearest unlabelled pool neighbours); at most ``n_targets`` of
+    them are sampled.
+    ``pool_split``: which items may be queued (None = all). ``n_draws``: joint posterior
+    draws K. ``batch``: the batch rule and its options (:class:`BatchOptions`).
+    ``epig_top_classes``: EPIG over each input's top classes plus "other" (a lower bound,
+    ``(C / (c + 1))²`` times cheaper). ``knn_prefilter=k``: score only pool items among the
+    k nearest neighbours (FAISS) of some target point.
+    """
+
+    budget: int = 500
+    strategy: str = "epig"
+    target_domain: str | None = None
+    target_split: str | None = "val"
+    targeted: bool | None = None
+    pool_split: str | None = "train"
+    n_draws: int = 100
+    n_targets: int = 256
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    seed: int = 0
+    chunk_size: int = 2048
+    epig_top_classes: int | None = None
+    knn_prefilter: int | None = None
+
+    _constraints = {
+        "budget": [Interval(1, None, integer=True)],
+        "strategy": [str],
+        "target_domain": [None, str],
+        "target_split": [None, str],
+        "targeted": [None, bool],
+        "pool_split": [None, str],
+        "n_draws": [Interval(1, None, integer=True)],
+        "n_targets": [Interval(1, None, integer=True)],
+        "batch": [BatchOptions],
+        "seed": [Interval(0, None, integer=True)],
+        "chunk_size": [Interval(1, None, integer=True)],
+        "epig_top_classes": [None, Interval(1, None, integer=True)],
+        "knn_prefilter": [None, Interval(1, None, integer=True)],
+    }
+
+    def __post_init__(self) -> None:
+        check_constraints(self, "select option")
+        parse_strategy(self.strategy)
+
+    def resolve(self, has_target: bool) -> tuple[str, bool]:
+        """``(strategy base name, targeted)`` these options mean with or without a target
+        set (:func:`activevlm.acquisition.options.resolve_targeting`)."""
+        return resolve_targeting(self.strategy, has_target=has_target, targeted=self.targeted,
+                                 batch=self.batch, knn_prefilter=self.knn_prefilter)
