@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from activevlm.acquisition.exclusion import Exclude, exclusion_mask
+from activevlm.index.exclusion import Exclude, exclusion_mask
 
 if TYPE_CHECKING:  # faiss is an optional extra: selection without dedup must not need it
     from activevlm.index import EmbeddingIndex

@@ -8,13 +8,16 @@ from activevlm.index.embedding_index import (
     gpu_available,
     ids_checksum,
 )
+from activevlm.index.exclusion import Exclude, exclusion_mask
 from activevlm.index.targeting import knn_candidates, nearest_unique
 
 __all__ = [
     "DEFAULT_IVF_THRESHOLD",
     "EmbeddingIndex",
+    "Exclude",
     "StaleIndexError",
     "default_nlist",
+    "exclusion_mask",
     "gpu_available",
     "ids_checksum",
     "knn_candidates",

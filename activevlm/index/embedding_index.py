@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 from rich.progress import Progress
 
-from activevlm.acquisition.exclusion import Exclude, exclusion_mask
+from activevlm.index.exclusion import Exclude, exclusion_mask
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT = "activevlm-index"

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from activevlm.acquisition.exclusion import Exclude, exclusion_mask
 from activevlm.index.embedding_index import EmbeddingIndex
+from activevlm.index.exclusion import Exclude, exclusion_mask
 
 
 def knn_candidates(
