@@ -28,7 +28,7 @@ def random_head(image_bias: bool = False) -> ProjectionHead:
 
 @pytest.fixture(scope="module")
 def post() -> BayesVLMPosterior:
-    return BayesVLMPosterior.from_bayesvlm_files(REF, random_head(), model_id="ViT-B-32")
+    return from_bayesvlm_files(REF, random_head(), model_id="ViT-B-32")
 
 
 def expected_quadratic(m) -> float:

@@ -315,16 +315,6 @@ class BayesVLMPosterior:
             model_id=model_id, data_description=data_description,
         )
 
-    @classmethod
-    def from_bayesvlm_files(
-        cls, folder: str | Path, head: ProjectionHead, pseudo_count: float | None = None,
-        model_id: str | None = None,
-    ) -> BayesVLMPosterior:
-        """Import BayesVLM's ``*_analytic.pt`` factor files (see :mod:`bayes.bayesvlm_io`)."""
-        from activevlm.bayes.bayesvlm_io import from_bayesvlm_files
-
-        return from_bayesvlm_files(folder, head, pseudo_count=pseudo_count, model_id=model_id)
-
     def sample(self, k: int, generator: torch.Generator | None = None) -> JointWeightSample:
         """``k`` joint draws of both projections (image first, then text, from ``generator``)."""
         return JointWeightSample(self.image.sample(k, generator), self.text.sample(k, generator))
