@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -374,22 +372,6 @@ def test_spec_errors_and_unknown_options(tmp_path):
         load_dataset("demo:/somewhere")
     with pytest.raises(ValueError, match=r"has no options \['sead'\].*'seed'"):
         load_dataset(f"pacs:{tmp_path}", sead=1)
-
-
-def test_demo_is_imported_lazily(monkeypatch):
-    calls = []
-    fake = types.ModuleType("activevlm.demo.world")
-    fake.demo_dataset = lambda **options: calls.append(options) or "the demo dataset"
-    monkeypatch.setitem(sys.modules, "activevlm.demo.world", fake)
-    assert load_dataset("demo", n_per_class=3) == "the demo dataset"
-    assert calls == [{"n_per_class": 3}]
-    monkeypatch.setitem(sys.modules, "activevlm.demo.world", None)
-    with pytest.raises(ImportError, match="dataset 'demo' needs activevlm.demo.world"):
-        load_dataset("demo")
-    monkeypatch.setitem(sys.modules, "activevlm.demo.world",
-                        types.ModuleType("activevlm.demo.world"))  # without demo_dataset
-    with pytest.raises(ImportError, match="dataset 'demo' needs activevlm.demo.world"):
-        load_dataset("demo")
 
 
 def test_image_dataset_checks_and_loads_rgb(tmp_path):

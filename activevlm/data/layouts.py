@@ -17,8 +17,8 @@ Expected layouts (images: .jpg/.jpeg/.png/.bmp/.webp in any case, hidden entries
 
 OfficeHome and PACS are split into train/val/test (64/16/20 per domain and class, seed 0) by
 default; every tree layout takes ``split``, ``ratios`` and ``seed``. The ImageNet layouts
-label with the 1000-class ids and CLIP class names. ``demo`` (no path) comes from
-``activevlm.demo.world``.
+label with the 1000-class ids and CLIP class names. ``demo`` (no path) is registered by the
+demo's plugin (``activevlm.demo.plugin``).
 """
 
 from __future__ import annotations
@@ -224,16 +224,3 @@ def load_folder(path: Path, *, domains: bool = False, split: bool = False,
     layout = FOLDER_WITH_DOMAINS if with_domains else FOLDER
     return load_tree(layout, path, split=split, ratios=ratios, seed=seed,
                      discover_domains=with_domains)
-
-
-@register_layout("demo", takes_path=False)
-def load_demo(**options: Any) -> ImageDataset:
-    """The generated demo world of ``activevlm.demo.world`` (options go to ``demo_dataset``)."""
-    try:
-        from activevlm.demo.world import demo_dataset
-    except ImportError as error:  # the module, or the function in it, is missing
-        if error.name not in {"activevlm.demo.world", "activevlm.demo"}:
-            raise
-        raise ImportError("dataset 'demo' needs activevlm.demo.world.demo_dataset, which "
-                          "this installation lacks") from error
-    return demo_dataset(**options)

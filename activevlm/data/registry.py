@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from activevlm.data.dataset import ImageDataset
+from activevlm.utils.plugins import load_plugins, plugin_hint
 
 
 @dataclass(frozen=True)
@@ -38,24 +39,27 @@ def register_layout(name: str, *, takes_path: bool = True) -> Callable:
 
 
 def available_layouts() -> list[str]:
-    """Registered layout names, sorted."""
+    """Registered layout names (plugins' included), sorted."""
+    load_plugins()
     return sorted(_LAYOUTS)
 
 
 def load_dataset(spec: str, **options: Any) -> ImageDataset:
     """Load a dataset from ``"layout:PATH"`` (``folder:``, ``manifest:``, ``officehome:``,
-    ``pacs:``, ``imagenet:`` ...) or a registered name without a path (``"demo"``).
+    ``pacs:``, ``imagenet:`` ...) or a registered name without a path (``"demo"``). A name
+    not registered yet is looked up in the ``activevlm.plugins`` entry points first.
 
     ``options`` go to the layout (e.g. ``seed=1, ratios="70/10/20"``); unknown ones are an
     error naming the accepted ones.
     """
     name, sep, raw_path = spec.partition(":")
+    failures = load_plugins() if name not in _LAYOUTS else {}
     layout = _LAYOUTS.get(name)
     if layout is None:
         hint = (" (a plain path? write folder:PATH or manifest:FILE)"
                 if Path(spec).expanduser().exists() else "")
         raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected LAYOUT:PATH with "
-                         f"LAYOUT one of {available_layouts()}")
+                         f"LAYOUT one of {available_layouts()}.{plugin_hint(failures)}")
     _check_options(layout, options)
     if not layout.takes_path:
         if raw_path:

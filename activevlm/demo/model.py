@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from activevlm.models import VLM, load_vlm, register_model_config
+
 MODEL_NAME = "activevlm-demo"
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_PATH = PACKAGE_DIR / f"{MODEL_NAME}.json"
@@ -23,8 +25,6 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def register_demo_model() -> str:
     """Register the demo config with open_clip (idempotent); returns ``"activevlm-demo"``."""
-    from activevlm.models.registry import register_model_config
-
     return register_model_config(CONFIG_PATH)
 
 
@@ -37,10 +37,8 @@ def demo_checkpoint() -> Path:
     return WEIGHTS_PATH
 
 
-def load_demo_vlm(device: str | torch.device = "auto"):
+def load_demo_vlm(device: str | torch.device = "auto") -> VLM:
     """``load_vlm("activevlm-demo", checkpoint=<shipped weights>)``: offline, no download."""
-    from activevlm.models import load_vlm
-
     return load_vlm(MODEL_NAME, checkpoint=demo_checkpoint(), device=device)
 
 

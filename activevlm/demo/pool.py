@@ -9,6 +9,7 @@ import torch
 from activevlm.demo.captions import PROMPT_TEMPLATES
 from activevlm.demo.model import load_demo_vlm
 from activevlm.demo.world import DEFAULT_PER_CLASS, GENERATOR_VERSION, cache_dir, demo_dataset
+from activevlm.pool import Pool, embed_dataset
 
 
 def default_pool_dir(seed: int = 0, n_per_class: int = DEFAULT_PER_CLASS) -> Path:
@@ -18,7 +19,7 @@ def default_pool_dir(seed: int = 0, n_per_class: int = DEFAULT_PER_CLASS) -> Pat
 
 def demo_pool(out: str | Path | None = None, root: str | Path | None = None, seed: int = 0,
               n_per_class: int = DEFAULT_PER_CLASS, device: str | torch.device = "auto",
-              batch_size: int = 256, progress: bool = True):
+              batch_size: int = 256, progress: bool = True) -> Pool:
     """Generate the demo world (if needed) and embed it with ``activevlm-demo`` into a pool.
 
     ``out`` defaults to ``default_pool_dir(seed, n_per_class)`` and ``root`` (the images) to
@@ -27,7 +28,5 @@ def demo_pool(out: str | Path | None = None, root: str | Path | None = None, see
     """
     dataset = demo_dataset(root, seed=seed, n_per_class=n_per_class, progress=progress)
     out = default_pool_dir(seed, n_per_class) if out is None else Path(out).expanduser()
-    from activevlm.pool import embed_dataset
-
     return embed_dataset(dataset, load_demo_vlm(device), out, batch_size=batch_size,
                          templates=list(PROMPT_TEMPLATES), progress=progress)

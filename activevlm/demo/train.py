@@ -51,6 +51,7 @@ from activevlm.demo.world import (
     TRAIN,
     sample,
 )
+from activevlm.models import load_vlm
 from activevlm.utils.io import atomic_path, atomic_write_text
 
 DEFAULTS = {"seed": 0, "epochs": 20, "per_class": 100, "batch_size": 128, "lr": 2e-3,
@@ -228,9 +229,6 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.time() - t0) / 60
     sha = save_weights(model, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, sha256 {sha})")
-
-    from activevlm.models import load_vlm
-
     vlm = load_vlm(MODEL_NAME, checkpoint=args.out, device="cpu")
     table = zero_shot_accuracy(vlm.encode_image, vlm.encode_text, eval_sample())
     print(format_table(table, SOURCE_DOMAINS))

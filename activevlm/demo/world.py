@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 from rich.progress import Progress
 
+from activevlm.data import ImageDataset, load_dataset
 from activevlm.data.splits import DEFAULT_RATIOS, SPLIT_NAMES, split_counts
 from activevlm.demo.captions import caption
 from activevlm.demo.render import DOMAINS, render
@@ -185,15 +186,13 @@ def default_root(seed: int = 0, n_per_class: int = DEFAULT_PER_CLASS) -> Path:
 
 
 def demo_dataset(root: str | Path | None = None, seed: int = 0,
-                 n_per_class: int = DEFAULT_PER_CLASS, progress: bool = True):
+                 n_per_class: int = DEFAULT_PER_CLASS, progress: bool = True) -> ImageDataset:
     """The demo world as an ``ImageDataset`` (generated into ``root`` on first use).
 
     ``root`` defaults to ``default_root(seed, n_per_class)`` in the user cache. The dataset is
     read back through the regular ``manifest:`` layout; items carry domain, split (64/16/20
     per domain and class) and caption. ``description`` records the world's parameters.
     """
-    from activevlm.data import load_dataset
-
     root = default_root(seed, n_per_class) if root is None else Path(root).expanduser()
     manifest = write_world(root, seed=seed, n_per_class=n_per_class, progress=progress)
     dataset = load_dataset(f"manifest:{manifest}", classnames=list(CLASSNAMES))

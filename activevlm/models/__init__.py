@@ -1,7 +1,12 @@
 """open_clip models split into encoders (activations) and the linear projection head."""
 
 from activevlm.models.head import ProjectionHead
-from activevlm.models.registry import get_model_config, register_model_config
+from activevlm.models.registry import (
+    default_checkpoint,
+    get_model_config,
+    register_default_checkpoint,
+    register_model_config,
+)
 from activevlm.models.towers import SUPPORTED, UnsupportedModelError
 from activevlm.models.wrapper import VLM, PretrainedUnavailableError, file_sha256, load_vlm
 
@@ -11,8 +16,10 @@ __all__ = [
     "PretrainedUnavailableError",
     "ProjectionHead",
     "UnsupportedModelError",
+    "default_checkpoint",
     "file_sha256",
     "get_model_config",
     "load_vlm",
+    "register_default_checkpoint",
     "register_model_config",
 ]

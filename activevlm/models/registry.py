@@ -1,4 +1,5 @@
-"""Model architecture configs: open_clip's built-ins plus local JSON files registered here.
+"""Model architecture configs: open_clip's built-ins plus local JSON files registered here,
+and default checkpoints: the weights a model name loads with when none are given.
 
 open_clip's own ``add_model_config`` silently ignores a file without ``embed_dim``,
 ``vision_cfg`` and ``text_cfg`` and lets a later file shadow a built-in of the same name;
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
 
 from activevlm.utils.io import read_json
+from activevlm.utils.plugins import load_plugins, plugin_hint
 
 REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+_DEFAULT_CHECKPOINTS: dict[str, Callable[[], Path]] = {}
 
 
 def _read_config(path: Path) -> dict:
@@ -60,15 +64,36 @@ def register_model_config(path: str | Path) -> str:
 
 
 def get_model_config(name: str) -> dict:
-    """The architecture config for a built-in or registered model name (a copy)."""
+    """The architecture config for a built-in or registered model name (a copy); an unknown
+    name is looked up in the ``activevlm.plugins`` entry points first."""
     cfg = open_clip.get_model_config(name)
+    failures = {} if cfg is not None else load_plugins()
+    cfg = cfg if cfg is not None else open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(
             f"unknown model {name!r}: not an open_clip built-in and not registered "
             "(register a local JSON config with register_model_config(path)); "
-            f"built-ins include {', '.join(open_clip.list_models()[:8])}, ..."
+            f"built-ins include {', '.join(open_clip.list_models()[:8])}, ...."
+            f"{plugin_hint(failures)}"
         )
     return cfg
+
+
+def register_default_checkpoint(name: str, checkpoint: Callable[[], Path]) -> None:
+    """Let ``load_vlm(name)`` without ``pretrained`` or ``checkpoint`` load the file that
+    ``checkpoint()`` returns (called at load time, so it may check or fetch the file)."""
+    known = _DEFAULT_CHECKPOINTS.get(name)
+    if known is not None and known is not checkpoint:
+        raise ValueError(f"model {name!r} already has a default checkpoint ({known!r})")
+    _DEFAULT_CHECKPOINTS[name] = checkpoint
+
+
+def default_checkpoint(name: str) -> Path | None:
+    """The registered default checkpoint of ``name`` (plugins consulted), else None."""
+    if name not in _DEFAULT_CHECKPOINTS:
+        load_plugins()
+    provider = _DEFAULT_CHECKPOINTS.get(name)
+    return None if provider is None else provider()
 
 
 def config_digest(cfg: dict) -> str:

@@ -22,8 +22,14 @@ import torch
 from rich.progress import track
 from torch import nn
 
+from activevlm.data.prompts import build_prompts
 from activevlm.models.head import ProjectionHead
-from activevlm.models.registry import config_digest, get_model_config, is_schema_name
+from activevlm.models.registry import (
+    config_digest,
+    default_checkpoint,
+    get_model_config,
+    is_schema_name,
+)
 from activevlm.models.towers import TextTower, image_tower
 from activevlm.utils.device import resolve_device
 
@@ -199,8 +205,6 @@ class VLM:
         """Class prompt ensembles ``[C, d_txt]``: ``templates`` (format strings with one ``{}``,
         or whatever ``activevlm.data.prompts.build_prompts`` accepts) filled with the cleaned
         class names, averaged per class as in :meth:`prompt_activations`."""
-        from activevlm.data.prompts import build_prompts
-
         return self.prompt_activations(build_prompts(list(classnames), templates),
                                        batch_size=batch_size, progress=progress)
 
@@ -261,8 +265,9 @@ def load_vlm(
     ``name``: an open_clip config name (built-in or added with ``register_model_config``) or
     an ``hf-hub:``/``local-dir:`` name (weights come with it). Weights: ``pretrained`` (an
     open_clip tag, e.g. ``"laion2b_s34b_b79k"``), ``checkpoint`` (a local state-dict file), or
-    neither: random initialisation seeded by ``seed``, identical on every call
-    (``"activevlm-demo"`` with neither loads its shipped weights).
+    neither: the name's registered default checkpoint (``register_default_checkpoint``; e.g.
+    ``"activevlm-demo"``'s shipped weights), else random initialisation seeded by ``seed``,
+    identical on every call.
     ``precision``: ``"auto"`` = fp16 autocast on CUDA, fp32 on CPU.
     ``model_id`` keys caches: ``name@tag``, ``name@sha256:<file hash>``, or
     ``name@random-init:seed=<seed>:cfg=<config hash>``.
@@ -271,10 +276,8 @@ def load_vlm(
         raise ValueError("pass either pretrained=TAG or checkpoint=PATH, not both")
     dev = resolve_device(device)
     amp_dtype = _amp_dtype(precision, dev)
-    if name == "activevlm-demo" and pretrained is None and checkpoint is None:
-        from activevlm.demo.model import demo_checkpoint  # the shipped demo weights, offline
-
-        checkpoint = demo_checkpoint()
+    if pretrained is None and checkpoint is None and not is_schema_name(name):
+        checkpoint = default_checkpoint(name)
     ckpt = None if checkpoint is None else Path(checkpoint)
     if is_schema_name(name):
         if pretrained is not None or ckpt is not None:
