@@ -183,12 +183,12 @@ def test_joint_draws_validate_shapes():
     head = make_head(siglip=True)
     img_w, txt_w = weight_draws(head, K, seed=1)
     text_act = torch.randn(C, D_TXT)
-    with pytest.raises(ValueError, match="image_weights must be"):
+    with pytest.raises(ValueError, match="image_weights must have shape"):
         JointDraws.from_weights(img_w[..., :D_IMG], txt_w, text_act, head, device="cpu")
     with pytest.raises(ValueError, match="joint draws come in pairs"):
         JointDraws.from_weights(img_w, txt_w[:2], text_act, head, device="cpu")
     draws = JointDraws.from_weights(img_w, txt_w, text_act, head, device="cpu")
-    with pytest.raises(ValueError, match=f"activations must be \\[n, {D_IMG}\\]"):
+    with pytest.raises(ValueError, match=f"activations must have shape \\[n, {D_IMG}\\]"):
         draws.probs(torch.randn(3, D_IMG + 1))
 
 

@@ -178,6 +178,24 @@ def test_in_function_imports_of_activevlm_only_in_the_cli(edges):
                            "optional or heavy dependencies):", bad), pytrace=False)
 
 
+def test_public_names_are_defined_once_outside_the_cli():
+    """Two public functions or classes of one name would mean two things (cli commands are
+    named after the command they run and are left out)."""
+    where: dict[str, list[str]] = {}
+    for module, path in module_names(PACKAGE_ROOT).items():
+        if package_of(module) == "cli":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(f"{path.relative_to(PACKAGE_ROOT.parent)}"
+                                                       f":{node.lineno}")
+    twice = {name: places for name, places in where.items() if len(places) > 1}
+    if twice:
+        pytest.fail("public names defined more than once:\n" + "\n".join(
+            f"  {name}: {', '.join(places)}" for name, places in sorted(twice.items())),
+            pytrace=False)
+
+
 def test_the_checker_finds_upward_imports_and_cycles(tmp_path):
     """The checks above on a small package with one upward import, one module cycle and one
     package cycle (data -> utils -> pool -> models -> data) without a module cycle."""

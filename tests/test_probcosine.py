@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from activevlm.bayes.links import link_for
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
 from activevlm.bayes.probcosine import (
     cosine_moments,
@@ -30,6 +29,7 @@ from activevlm.bayes.probcosine import (
     probit_probs,
 )
 from activevlm.models.head import ProjectionHead
+from activevlm.models.links import link_for
 
 DT = torch.float64
 K_MC = 100_000

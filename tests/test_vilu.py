@@ -25,15 +25,15 @@ from activevlm.vilu import (
     ViLUConfig,
     ViLUModel,
     caption_correct,
+    correctness_split,
     evaluate_failure_prediction,
     failure_scores,
     failure_weight,
     failure_weighted,
     fit_vilu,
     fit_vilu_on_pool,
+    pool_failure_scores,
     risk_coverage_plot,
-    score_pool,
-    stratified_split,
     top_failure_mask,
     within_top_failures,
     zero_shot_correct,
@@ -124,10 +124,10 @@ def test_failure_weight_and_split():
     assert failure_weight(y) == pytest.approx(math.log(1 + 3))
     with pytest.raises(ValueError, match="no failures"):
         failure_weight(np.ones(5, bool))
-    tr, va = stratified_split(y, 0.2, seed=3)
+    tr, va = correctness_split(y, 0.2, seed=3)
     assert np.intersect1d(tr, va).size == 0 and np.union1d(tr, va).size == 40
     assert (~y[va]).sum() == 2 and y[va].sum() == 6  # same failure share on both sides
-    np.testing.assert_array_equal(va, stratified_split(y, 0.2, seed=3)[1])
+    np.testing.assert_array_equal(va, correctness_split(y, 0.2, seed=3)[1])
 
 
 def test_dataset_failure_weight_is_recorded_over_the_training_split():
@@ -135,7 +135,7 @@ def test_dataset_failure_weight_is_recorded_over_the_training_split():
     y = zero_shot_correct(img, txt, labels)
     cfg = ViLUConfig(**{**FAST, "epochs": 2})
     model = fit_vilu(img, txt, y, config=cfg, progress=False, device="cpu")
-    tr, _ = stratified_split(y, cfg.val_fraction, cfg.seed)
+    tr, _ = correctness_split(y, cfg.val_fraction, cfg.seed)
     assert model.failure_weight == pytest.approx(math.log1p(y[tr].sum() / (~y[tr]).sum()))
     fixed = fit_vilu(img, txt, y, config=ViLUConfig(**{**FAST, "epochs": 1,
                                                        "failure_weight": 2.5}),
@@ -326,7 +326,7 @@ def test_pool_training_scoring_and_refusal(planted_pool):
                              device="cpu", progress=False)
     assert model.model_id == "table-vlm" and model.logit_scale == 50.0
     target = pool.indices(domain="target")
-    scores = score_pool(model, pool, target, device="cpu")
+    scores = pool_failure_scores(model, pool, target, device="cpu")
     np.testing.assert_array_equal(scores.correct, zero_shot_correct(img[target], txt,
                                                                     labels[target]))
     assert set(scores.confidences) == {"vilu", "msp", "entropy", "doctor"}
@@ -347,14 +347,14 @@ def test_bayesvlm_variance_baseline_on_pool(planted_pool):
                          device="cpu", progress=False)
     model = ViLUModel(ViLU(D, ViLUConfig(hidden=(8,))), ViLUConfig(), "table-vlm", 50.0)
     rows = pool.indices(domain="target")[:50]
-    scores = score_pool(model, pool, rows, posterior=post, device="cpu")
+    scores = pool_failure_scores(model, pool, rows, posterior=post, device="cpu")
     mean, var = logit_moments(post, img[rows], txt)
     predicted = (img[rows] @ txt.T / np.linalg.norm(img[rows], axis=1, keepdims=True)).argmax(1)
     np.testing.assert_allclose(scores.confidences["bayesvlm_variance"],
                                -var.numpy()[np.arange(50), predicted], rtol=1e-5)
     post.model_id = "another-vlm"
     with pytest.raises(ValueError, match="posterior was fitted for model 'another-vlm'"):
-        score_pool(model, pool, rows, posterior=post)
+        pool_failure_scores(model, pool, rows, posterior=post)
 
 
 def test_cli_train_and_eval(planted_pool, tmp_path):
@@ -394,7 +394,7 @@ def test_class_subset_pools_judge_correctness_among_the_subset(tmp_path):
     assert pool.class_subset == [0, 2, 3]
     model = fit_vilu_on_pool(pool, split=None, config=ViLUConfig(**FAST), device="cpu",
                              progress=False)
-    scores = score_pool(model, pool, device="cpu", baselines=False)
+    scores = pool_failure_scores(model, pool, device="cpu", baselines=False)
     pred = predict_zeroshot(pool)  # restricted to the subset by the evaluation layer
     assert list(pred.class_ids) == [0, 2, 3]
     np.testing.assert_array_equal(scores.correct,

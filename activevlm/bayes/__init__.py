@@ -6,7 +6,6 @@ from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.evidence import log_evidence, optimize_prior_precision
 from activevlm.bayes.from_pool import FIT_MODES, fit_pool_posterior
 from activevlm.bayes.kfac import KFACFactors, estimate_kfac, ggn_sum
-from activevlm.bayes.links import link_for, link_probs
 from activevlm.bayes.posterior import (
     BayesVLMPosterior,
     JointWeightSample,
@@ -34,8 +33,6 @@ __all__ = [
     "fit_posterior",
     "from_bayesvlm_files",
     "ggn_sum",
-    "link_for",
-    "link_probs",
     "log_evidence",
     "logit_moments",
     "mc_logits",

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from activevlm.bayes.links import link_for, link_probs
 from activevlm.models.head import ProjectionHead, augment, stack_bias
+from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_tensor
+from activevlm.utils.validation import check_shape
 
 
 @dataclass
@@ -83,20 +84,15 @@ class JointDraws:
             ("image_weights", image_weights, head.image_dim, img_bias),
             ("text_weights", text_weights, head.text_dim, txt_bias),
         ):
-            want = [head.embed_dim, d_in + int(bias)]
-            if w.ndim != 3 or list(w.shape[1:]) != want:
-                raise ValueError(
-                    f"{name} must be [K, {want[0]}, {want[1]}]"
-                    f"{' (bias as last column)' if bias else ''}, got {list(w.shape)}"
-                )
+            check_shape(w, name, ("K", head.embed_dim, d_in + int(bias)),
+                        " (bias as last column)" if bias else "")
         if image_weights.shape[0] != text_weights.shape[0]:
             raise ValueError(
                 f"image_weights has {image_weights.shape[0]} draws, text_weights "
                 f"{text_weights.shape[0]}: joint draws come in pairs"
             )
         t = to_tensor(text_act, dev, dtype)
-        if t.ndim != 2 or t.shape[1] != head.text_dim:
-            raise ValueError(f"text_act must be [C, {head.text_dim}], got {list(t.shape)}")
+        check_shape(t, "text_act", ("C", head.text_dim))
         t = augment(t, txt_bias)
         w_txt = text_weights.to(device=dev, dtype=dtype)
         h = F.normalize(torch.matmul(w_txt, t.T).transpose(1, 2), dim=-1)  # [K, C, D]
@@ -141,8 +137,7 @@ class JointDraws:
         -> ``[K, n, C]``."""
         a = to_tensor(act, self.device, self.dtype)
         d_img = self.image_weight.shape[2] - int(self.image_bias_column)
-        if a.ndim != 2 or a.shape[1] != d_img:
-            raise ValueError(f"activations must be [n, {d_img}], got {list(a.shape)}")
+        check_shape(a, "activations", ("n", d_img))
         a = augment(a, self.image_bias_column)
         g = torch.matmul(self.image_weight, a.T)  # [K, D, n]
         if residual is not None:

@@ -52,11 +52,9 @@ def fit_pool_posterior(
                          f"(splits present: "
                          f"{sorted(pool.items['split'].dropna().unique().tolist())})")
     idx = idx[np.random.default_rng(seed).permutation(len(idx))]
-    image_act = np.asarray(pool.image_activations[idx], dtype=np.float32)
+    image_act, residual = pool.rows(idx)
     text_act = (np.asarray(pool.caption_activations[idx], dtype=np.float32) if mode == "pairs"
                 else pool.text_activations)
-    residual = (None if pool.image_residuals is None
-                else np.asarray(pool.image_residuals[idx], dtype=np.float32))
     description = {"pool": str(pool.path), "mode": mode, "split": split, "domain": domain,
                    "n_images": int(len(idx)), "seed": seed, "batch_size": batch_size}
     return BayesVLMPosterior.fit(

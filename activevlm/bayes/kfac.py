@@ -26,6 +26,11 @@ from rich.progress import Progress
 from activevlm.models.head import ProjectionHead, augment
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import row_chunks, to_tensor
+from activevlm.utils.validation import (
+    check_choice,
+    check_positive_int,
+    check_shape,
+)
 
 LOSSES = ("infonce", "sigmoid")
 MODES = ("pairs", "labels")
@@ -95,13 +100,6 @@ def ggn_sum(
     return logit_scale ** 2 * S
 
 
-def _check_dim(name: str, src: ActivationSource, dim: int) -> int:
-    if len(src.shape) != 2 or src.shape[1] != dim:
-        raise ValueError(f"{name} must have shape [N, {dim}] to match the head, "
-                         f"got {list(src.shape)}")
-    return int(src.shape[0])
-
-
 class _Accumulator:
     """Float64 running sums of ``Σ ã ãᵀ`` and ``Σ H_i`` for one projection."""
 
@@ -164,24 +162,20 @@ def estimate_kfac(
     ``device`` in ``dtype`` with float64 accumulators; ``chunk_elements`` bounds each
     ``[rows, C]`` logit block.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    loss = loss or ("sigmoid" if head.logit_bias is not None else "infonce")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_choice(mode, "mode", MODES)
+    loss = check_choice(loss or ("sigmoid" if head.logit_bias is not None else "infonce"),
+                        "loss", LOSSES)
+    check_positive_int(batch_size, "batch_size")
     dev = resolve_device(device)
-    N = _check_dim("image_act", image_act, head.image_dim)
-    N_txt = _check_dim("text_act", text_act, head.text_dim)
+    why = " to match the head"
+    N = check_shape(image_act, "image_act", ("N", head.image_dim), why)[0]
+    N_txt = check_shape(text_act, "text_act", ("N" if mode == "pairs" else "C",
+                                               head.text_dim), why)[0]
     if mode == "pairs" and N_txt != N:
         raise ValueError(f"pairs mode needs as many text rows as image rows: "
                          f"image_act has {N}, text_act has {N_txt}")
     if image_residual is not None:
-        _check_dim("image_residual", image_residual, head.embed_dim)
-        if image_residual.shape[0] != N:
-            raise ValueError(f"image_residual has {image_residual.shape[0]} rows, "
-                             f"image_act has {N}")
+        check_shape(image_residual, "image_residual", (N, head.embed_dim), why)
     h = head.to(dev, dtype)
     D = h.embed_dim
     img = _Accumulator(h.image_dim, D, h.image_bias is not None, dev)

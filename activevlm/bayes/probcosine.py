@@ -34,8 +34,9 @@ from typing import Literal
 import torch
 
 from activevlm.bayes.draws import JointDraws
-from activevlm.bayes.links import Link, link_for, link_probs
+from activevlm.models.links import Link, link_for, link_probs
 from activevlm.utils.tensors import row_chunks, to_tensor
+from activevlm.utils.validation import check_nonempty, check_same_length
 
 Variant = Literal["full", "diag"]
 
@@ -92,14 +93,6 @@ class _TextSide:
         return mean, var_dot / norm
 
 
-def _check_inputs(img_act, txt_act, residual) -> None:
-    n = len(img_act)
-    if residual is not None and len(residual) != n:
-        raise ValueError(f"residual has {len(residual)} rows but img_act has {n}")
-    if len(txt_act) == 0:
-        raise ValueError("txt_act is empty: need at least one class")
-
-
 @torch.no_grad()
 def logit_moments(
     posterior,
@@ -117,7 +110,8 @@ def logit_moments(
     ``(mean [N, C], var [N, C])`` on the posterior's device. Peak memory is
     ``O(chunk_size * (C + D + d_img))`` beyond the outputs.
     """
-    _check_inputs(img_act, txt_act, residual)
+    check_same_length(img_act=img_act, residual=residual)
+    check_nonempty(txt_act, "txt_act", "at least one class")
     B_img, B_txt = posterior.image.B_inv, posterior.text.B_inv
     dtype, device = B_img.dtype, B_img.device
     mu_h, v_h = posterior.text.embedding_moments(to_tensor(txt_act, device, dtype))
@@ -156,7 +150,8 @@ def mc_logits(
 
     The draws come from ``posterior.sample(k, generator)`` once, before the chunk loop.
     """
-    _check_inputs(img_act, txt_act, residual)
+    check_same_length(img_act=img_act, residual=residual)
+    check_nonempty(txt_act, "txt_act", "at least one class")
     W = posterior.image.W_map
     draws = JointDraws.from_posterior(posterior, txt_act, k, generator, device=W.device,
                                       dtype=W.dtype)

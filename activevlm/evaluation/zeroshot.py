@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from activevlm.bayes.links import link_for, link_probs
 from activevlm.bayes.probcosine import DEFAULT_CHUNK, logit_moments, mc_probs, probit_probs
 from activevlm.metrics.calibration import N_BINS, calibration_summary
+from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
+from activevlm.utils.validation import check_indices
 
 Predictive = Literal["probit", "mc"]
 METRICS = ["n", "accuracy", "nll", "ece", "brier"]
@@ -54,8 +55,7 @@ def _select(pool, indices, domain, split) -> np.ndarray:
     if domain is not None or split is not None:
         raise ValueError("pass either indices or domain/split filters, not both")
     idx = np.asarray(indices, dtype=np.int64)
-    if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= len(pool.items))):
-        raise ValueError(f"indices must be 1-D rows in [0, {len(pool.items)}) of pool {pool.path}")
+    check_indices(idx, f"indices (rows of pool {pool.path})", len(pool.items))
     idx = idx[pool.items["label"].to_numpy()[idx] >= 0]
     if len(idx) == 0:
         raise ValueError(f"pool {pool.path}: none of the given indices has a known label")
@@ -71,10 +71,6 @@ def _label_positions(labels: np.ndarray, class_ids: np.ndarray, pool) -> np.ndar
         raise ValueError(f"pool {pool.path}: label {bad} is not in the dataset's class_subset "
                          f"({len(class_ids)} classes)")
     return out
-
-
-def _rows(arr, idx: np.ndarray) -> np.ndarray:
-    return np.asarray(arr[idx], dtype=np.float32)
 
 
 @torch.no_grad()
@@ -117,23 +113,21 @@ def predict_zeroshot(
     head = pool.head.to(dev)
     link_name = link_for(head) if link == "auto" else link
     txt = torch.from_numpy(pool.text_activations[class_ids]).to(dev)
-    residuals = pool.image_residuals
+    img, res = pool.rows(idx, lazy=True)
 
     det = []
     h = head.text_embeddings(txt)
     for start in range(0, len(idx), chunk_size):
-        rows = idx[start:start + chunk_size]
-        act = torch.from_numpy(_rows(pool.image_activations, rows)).to(dev)
-        res = None if residuals is None else torch.from_numpy(_rows(residuals, rows)).to(dev)
-        det.append(link_probs(head.logits(head.image_embeddings(act, res), h), link_name))
+        sl = slice(start, start + chunk_size)
+        act = torch.from_numpy(img[sl]).to(dev)
+        r = None if res is None else torch.from_numpy(res[sl]).to(dev)
+        det.append(link_probs(head.logits(head.image_embeddings(act, r), h), link_name))
     out = ZeroShotPredictions(idx, labels, domains, class_ids,
                               {"deterministic": torch.cat(det).double().cpu().numpy()})
     if posterior is None:
         return out
 
     post = posterior.to(dev)
-    img = _IndexedRows(pool.image_activations, idx)
-    res = None if residuals is None else _IndexedRows(residuals, idx)
     if predictive == "probit":
         mean, var = logit_moments(post, img, txt, variant=variant, residual=res,
                                   chunk_size=chunk_size)
@@ -150,19 +144,6 @@ def predict_zeroshot(
         probs = torch.cat(parts)
     out.probs["bayesian"] = probs.double().cpu().numpy()
     return out
-
-
-class _IndexedRows:
-    """Rows ``idx`` of a row-sliceable array, itself sliceable by ``slice``: read lazily."""
-
-    def __init__(self, arr, idx: np.ndarray) -> None:
-        self.arr, self.idx = arr, idx
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, sl: slice) -> np.ndarray:
-        return _rows(self.arr, self.idx[sl])
 
 
 def summarize(predictions: ZeroShotPredictions, n_bins: int = N_BINS) -> pd.DataFrame:

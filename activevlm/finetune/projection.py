@@ -34,11 +34,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from activevlm.finetune.split import stratified_split
 from activevlm.models.head import ProjectionHead
 from activevlm.utils.device import resolve_device
+from activevlm.utils.tensors import to_numpy, to_tensor
+from activevlm.utils.training import EarlyStopping, train_epochs
+from activevlm.utils.validation import (
+    check_labels,
+    check_nonempty,
+    check_same_length,
+    check_shape,
+)
 
 ArrayLike = torch.Tensor | np.ndarray
 ValidationData = tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, ArrayLike | None]
@@ -114,25 +121,15 @@ class FinetuneResult:
 
 
 def _as_float(x: ArrayLike, name: str, cols: int) -> torch.Tensor:
-    t = x.detach() if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-    if t.ndim != 2 or t.shape[1] != cols:
-        raise ValueError(f"{name} must have shape [N, {cols}] to match the head, "
-                         f"got {list(t.shape)}")
-    return t.to(device="cpu", dtype=torch.float32)
+    """``x [N, cols]`` as a float32 CPU tensor (an error names ``name``)."""
+    check_shape(x, name, ("N", cols), " to match the head")
+    return to_tensor(x.detach() if torch.is_tensor(x) else x, "cpu", torch.float32)
 
 
 def _as_labels(y: ArrayLike, name: str, n: int, num_classes: int) -> torch.Tensor:
-    t = y.detach().cpu() if torch.is_tensor(y) else torch.as_tensor(np.asarray(y))
-    if t.shape != (n,):
-        raise ValueError(f"{name} must have shape [{n}], got {list(t.shape)}")
-    if t.is_floating_point():
-        raise ValueError(f"{name} must hold integer class ids, got dtype {t.dtype}")
-    t = t.long()
-    bad = (t < 0) | (t >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(f"{name} must lie in [0, {num_classes}) (one per class prompt), found "
-                         f"{int(t[bad][0])} at row {int(bad.nonzero()[0, 0])}")
-    return t
+    """``y [n]`` class ids in ``[0, num_classes)`` as an int64 CPU tensor."""
+    check_labels(y, name, num_classes, n)
+    return torch.as_tensor(to_numpy(y), dtype=torch.int64)
 
 
 class _Projection:
@@ -197,6 +194,14 @@ class _Trainer:
 
     def projections(self) -> list[_Projection]:
         return [self.image] if self.text is None else [self.image, self.text]
+
+    def snapshot(self) -> list[list[torch.Tensor]]:
+        """Copies of every trained parameter (for early stopping)."""
+        return [p.snapshot() for p in self.projections()]
+
+    def restore(self, states: list[list[torch.Tensor]]) -> None:
+        for proj, state in zip(self.projections(), states, strict=True):
+            proj.restore(state)
 
     def logits(self, view: ProjectionHead, act: torch.Tensor, residual: torch.Tensor | None,
                text_emb: torch.Tensor) -> torch.Tensor:
@@ -266,12 +271,10 @@ def finetune_head(
     text_act = _as_float(class_text_act, "class_text_act", head.text_dim)
     C = text_act.shape[0]
     act = _as_float(image_act, "image_act", head.image_dim)
-    if act.shape[0] == 0:
-        raise ValueError("image_act is empty: fine-tuning needs at least one labelled image")
+    check_nonempty(act, "image_act", "at least one labelled image")
     y = _as_labels(labels, "labels", act.shape[0], C)
     res = None if residual is None else _as_float(residual, "residual", head.embed_dim)
-    if res is not None and res.shape[0] != act.shape[0]:
-        raise ValueError(f"residual has {res.shape[0]} rows, image_act has {act.shape[0]}")
+    check_same_length(image_act=act, residual=res)
 
     if val is None:
         train_idx, val_idx = stratified_split(y.numpy(), cfg.val_fraction, cfg.seed)
@@ -308,56 +311,37 @@ def finetune_head(
     n = act.shape[0]
     batch_size = cfg.batch_size or auto_batch_size(n)
 
-    rows = []
-
-    def record(epoch: int) -> tuple[float, float]:
+    def scored(epoch: int) -> tuple[tuple[float, float], dict]:
         tl, ta = trainer.evaluate(act, y, res)
         vl, vacc = trainer.evaluate(v_act, v_y, v_res)
-        rows.append({"epoch": epoch, "train_loss": tl, "train_acc": ta,
-                     "val_loss": vl, "val_acc": vacc})
-        return vl, vacc
+        return (vl, -vacc), {"epoch": epoch, "train_loss": tl, "train_acc": ta,
+                             "val_loss": vl, "val_acc": vacc}
 
-    vl, vacc = record(0)
-    best_key, best_epoch = (vl, -vacc), 0
-    best_state = [p.snapshot() for p in trainer.projections()]
-    stale = 0
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("fine-tuning", total=cfg.max_epochs)
-        for epoch in range(1, cfg.max_epochs + 1):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                a = act[idx].to(device)
-                r = None if res is None else res[idx].to(device)
-                view = trainer.view()
-                out = trainer.logits(view, a, r, trainer.text_emb(view))
-                loss = F.cross_entropy(out, y[idx].to(device))
-                if cfg.l2_to_init > 0:
-                    loss = loss + cfg.l2_to_init * trainer.penalty()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            vl, vacc = record(epoch)
-            bar.update(task, advance=1, description=f"fine-tuning (val loss {vl:.4f})")
-            if not has_val:
-                best_epoch = epoch
-                continue
-            if (vl, -vacc) < best_key:
-                best_key, best_epoch, stale = (vl, -vacc), epoch, 0
-                best_state = [p.snapshot() for p in trainer.projections()]
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    if has_val:
-        for proj, state in zip(trainer.projections(), best_state, strict=True):
-            proj.restore(state)
+    def run_epoch(epoch: int) -> tuple[tuple[float, float], dict]:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            a = act[idx].to(device)
+            r = None if res is None else res[idx].to(device)
+            view = trainer.view()
+            out = trainer.logits(view, a, r, trainer.text_emb(view))
+            loss = F.cross_entropy(out, y[idx].to(device))
+            if cfg.l2_to_init > 0:
+                loss = loss + cfg.l2_to_init * trainer.penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return scored(epoch)
+
+    stopping = EarlyStopping(trainer.snapshot, trainer.restore, cfg.patience) if has_val else None
+    run = train_epochs(run_epoch, cfg.max_epochs, stopping, start=scored(0),
+                       describe=lambda _, row: f"(val loss {row['val_loss']:.4f})",
+                       label="fine-tuning", progress=progress)
 
     new_head = trainer.finished_head()
     new_head.metadata["finetune"] = {
-        "num_train": int(n), "num_val": int(v_act.shape[0]), "best_epoch": best_epoch,
-        "epochs_run": len(rows) - 1, "config": asdict(cfg),
+        "num_train": int(n), "num_val": int(v_act.shape[0]), "best_epoch": run.best_epoch,
+        "epochs_run": len(run.history) - 1, "config": asdict(cfg),
     }
-    return FinetuneResult(new_head, pd.DataFrame(rows), best_epoch, train_idx, val_idx, cfg)
+    return FinetuneResult(new_head, pd.DataFrame(run.history), run.best_epoch, train_idx,
+                          val_idx, cfg)

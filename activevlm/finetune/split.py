@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from activevlm.utils.validation import check_in_range, check_shape
+
 
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int = 0
@@ -15,11 +17,9 @@ def stratified_split(
     (a class with a single label is never held out). Both parts are sorted; same seed -> same
     split. The validation part is empty when every class is too small.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    check_in_range(fraction, "val_fraction", 0.0, 1.0, high_inclusive=False)
     y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {list(y.shape)}")
+    check_shape(y, "labels", ("N",))
     rng = np.random.default_rng(seed)
     val = []
     for c in np.unique(y):

@@ -10,29 +10,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from activevlm.utils.tensors import to_numpy
+from activevlm.utils.validation import check_finite, check_labels, check_nonempty, check_shape
+
 N_BINS = 20
 NLL_CLAMP = 1e-12
 
 
 def _check(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    if hasattr(probs, "detach"):
-        probs = probs.detach().cpu().numpy()
-    if hasattr(labels, "detach"):
-        labels = labels.detach().cpu().numpy()
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels)
-    if p.ndim != 2 or y.ndim != 1 or len(p) != len(y):
-        raise ValueError(f"probs must be [N, C] and labels [N], got {list(p.shape)} and "
-                         f"{list(y.shape)}")
-    if len(y) == 0:
-        raise ValueError("no samples: probs and labels are empty")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    if y.min() < 0 or y.max() >= p.shape[1]:
-        raise ValueError(f"labels must lie in [0, {p.shape[1]}), got range "
-                         f"[{y.min()}, {y.max()}]")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("probs contains NaN or infinite values")
+    """``probs [N, C]`` and ``labels [N]`` (numpy or torch) as float64 / int64 numpy."""
+    p = np.asarray(to_numpy(probs), dtype=np.float64)
+    y = to_numpy(labels)
+    n, num_classes = check_shape(p, "probs", ("N", "C"))
+    check_nonempty(p, "probs", "at least one sample")
+    check_labels(y, "labels", num_classes, n)
+    check_finite(p, "probs")
     return p, y.astype(np.int64)
 
 

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from activevlm.utils.validation import (
+    check_finite,
+    check_labels,
+    check_same_length,
+    check_shape,
+)
+
 # ---------------------------------------------------------------------------------------------
 # metrics
 
@@ -17,12 +24,10 @@ import numpy as np
 def _check(correct, confidence) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(correct)
     s = np.asarray(confidence, dtype=np.float64)
-    if y.ndim != 1 or s.shape != y.shape:
-        raise ValueError(
-            f"correct and confidence must be 1-D of the same length, got {y.shape} and {s.shape}"
-        )
-    if not np.all(np.isfinite(s)):
-        raise ValueError("confidence contains NaN or infinite values")
+    check_shape(y, "correct", ("N",))
+    check_shape(s, "confidence", ("N",))
+    check_same_length(correct=y, confidence=s)
+    check_finite(s, "confidence")
     return y.astype(bool), s
 
 
@@ -117,8 +122,7 @@ FAILURE_METRICS = {
 
 def _probs(probs) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
+    check_shape(p, "probs", ("N", "C"))
     return p
 
 
@@ -147,8 +151,8 @@ def predictive_variance_confidence(logit_var, predicted) -> np.ndarray:
     """
     v = np.asarray(logit_var, dtype=np.float64)
     c = np.asarray(predicted, dtype=np.int64)
-    if v.ndim != 2 or c.shape != (v.shape[0],):
-        raise ValueError(f"logit_var must be [N, C] and predicted [N], got {v.shape}, {c.shape}")
+    n, num_classes = check_shape(v, "logit_var", ("N", "C"))
+    check_labels(c, "predicted", num_classes, n)
     return -v[np.arange(v.shape[0]), c]
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from activevlm.models.links import Link, link_for, link_probs
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 
@@ -95,6 +96,17 @@ class ProjectionHead:
         if self.logit_bias is not None:
             out = out + self.logit_bias
         return out
+
+    @property
+    def link(self) -> Link:
+        """How logits become probabilities: ``"sigmoid"`` with a logit bias (SigLIP), else
+        ``"softmax"`` (see :mod:`activevlm.models.links`)."""
+        return link_for(self)
+
+    def probs(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` of :meth:`logits` through the head's link (SigLIP:
+        sigmoids normalised over the classes), the predictive every path scores."""
+        return link_probs(self.logits(image_emb, text_emb), self.link)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """A copy with all tensors moved/cast."""

@@ -2,7 +2,8 @@
 
 from activevlm.pool.embed import embed_dataset
 from activevlm.pool.layout import PoolError
+from activevlm.pool.rows import RowView
 from activevlm.pool.sharded import ShardedArray
 from activevlm.pool.store import Pool, open_pool
 
-__all__ = ["Pool", "PoolError", "ShardedArray", "embed_dataset", "open_pool"]
+__all__ = ["Pool", "PoolError", "RowView", "ShardedArray", "embed_dataset", "open_pool"]

@@ -13,6 +13,7 @@ import torch
 from activevlm.models.head import ProjectionHead
 from activevlm.pool import layout
 from activevlm.pool.layout import PoolError
+from activevlm.pool.rows import RowView
 from activevlm.pool.sharded import ShardedArray
 from activevlm.utils.io import read_json
 
@@ -78,6 +79,18 @@ class Pool:
             keep &= known if labelled else ~known
         return np.flatnonzero(keep)
 
+    def rows(self, idx, lazy: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(activations [n, d_img], residuals [n, D] | None)`` of rows ``idx`` (int array,
+        in the given order): float32 arrays in memory, or with ``lazy=True`` two
+        :class:`RowView` s that read a slice of the rows when indexed."""
+        rows = np.asarray(idx, dtype=np.int64)
+        act, res = RowView(self.image_activations, rows), None
+        if self.image_residuals is not None:
+            res = RowView(self.image_residuals, rows)
+        if lazy:
+            return act, res
+        return act[:], None if res is None else res[:]
+
     def image_embeddings(self, idx=None, head: ProjectionHead | None = None,
                          chunk_size: int = 8192) -> torch.Tensor:
         """Unnormalised image embeddings ``[n, D]`` (float32, CPU) of rows ``idx`` (int or bool
@@ -89,12 +102,9 @@ class Pool:
             rows = np.flatnonzero(rows)
         out = []
         for i in range(0, len(rows), chunk_size):
-            r = rows[i:i + chunk_size]
-            act = torch.from_numpy(np.asarray(self.image_activations[r], dtype=np.float32))
-            res = None
-            if self.image_residuals is not None:
-                res = torch.from_numpy(np.asarray(self.image_residuals[r], dtype=np.float32))
-            out.append(head.image_embeddings(act, res))
+            act, res = self.rows(rows[i:i + chunk_size])
+            out.append(head.image_embeddings(torch.from_numpy(act),
+                                             None if res is None else torch.from_numpy(res)))
         return torch.cat(out) if out else torch.empty(0, head.embed_dim)
 
     @property

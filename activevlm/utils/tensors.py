@@ -1,4 +1,5 @@
-"""Small conversions shared by the numerical layers: array-likes to tensors, row chunks."""
+"""Small conversions shared by the numerical layers: array-likes to tensors and back, row
+chunks."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def row_chunks(n: int, size: int) -> Iterator[slice]:
         raise ValueError(f"chunk size must be >= 1, got {size}")
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def to_numpy(x) -> np.ndarray:
+    """A numpy array from a tensor (detached, on the CPU) or any array-like."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

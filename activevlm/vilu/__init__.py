@@ -13,12 +13,17 @@ from activevlm.vilu.evaluate import (
     risk_coverage_plot,
 )
 from activevlm.vilu.model import ViLU, ViLUConfig
-from activevlm.vilu.pool import PoolFailureScores, failure_scores, fit_vilu_on_pool, score_pool
+from activevlm.vilu.pool import (
+    PoolFailureScores,
+    failure_scores,
+    fit_vilu_on_pool,
+    pool_failure_scores,
+)
 from activevlm.vilu.train import (
     caption_correct,
+    correctness_split,
     failure_weight,
     fit_vilu,
-    stratified_split,
     zero_shot_correct,
 )
 
@@ -28,6 +33,6 @@ __all__ = [
     "PoolFailureScores", "ViLU", "ViLUConfig", "ViLUModel", "caption_correct",
     "evaluate_failure_prediction", "evaluate_on_pool", "failure_scores", "failure_weight",
     "failure_weighted",
-    "fit_vilu", "fit_vilu_on_pool", "load_vilu", "risk_coverage_plot", "score_pool",
-    "stratified_split", "top_failure_mask", "within_top_failures", "zero_shot_correct",
+    "correctness_split", "fit_vilu", "fit_vilu_on_pool", "load_vilu", "pool_failure_scores",
+    "risk_coverage_plot", "top_failure_mask", "within_top_failures", "zero_shot_correct",
 ]

@@ -18,13 +18,14 @@ import math
 
 import numpy as np
 
+from activevlm.utils.validation import check_shape
+
 
 def _pair(epig_scores, failure_prob) -> tuple[np.ndarray, np.ndarray]:
     e = np.asarray(epig_scores, dtype=np.float64)
     p = np.asarray(failure_prob, dtype=np.float64)
-    if e.ndim != 1 or e.shape != p.shape:
-        raise ValueError(f"epig_scores and failure_prob must be [N] alike, got {e.shape}, "
-                         f"{p.shape}")
+    n = check_shape(e, "epig_scores", ("N",))[0]
+    check_shape(p, "failure_prob", (n,), " (one per epig score)")
     if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
         raise ValueError("failure_prob must be probabilities in [0, 1]")
     return e, p

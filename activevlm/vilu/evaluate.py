@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from activevlm.metrics.failure import FAILURE_METRICS, risk_coverage_curve
 from activevlm.utils.io import atomic_path, atomic_write_parquet
-from activevlm.vilu.pool import score_pool
+from activevlm.vilu.pool import pool_failure_scores
 
 METHOD_LABELS = {
     "vilu": "ViLU", "msp": "MSP", "entropy": "Entropy", "doctor": "DOCTOR",
@@ -75,7 +75,7 @@ def evaluate_on_pool(
     if idx.size == 0:
         raise ValueError(f"pool {pool.path} has no {'' if captions else 'labelled '}items with "
                          f"split={split!r}, domain={domain!r}")
-    scores = score_pool(model, pool, idx, posterior=posterior, device=device)
+    scores = pool_failure_scores(model, pool, idx, posterior=posterior, device=device)
     table = evaluate_failure_prediction(scores.correct, scores.confidences)
     if out is not None:
         out = Path(out)

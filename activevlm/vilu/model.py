@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from activevlm.utils.validation import check_shape
+
 
 @dataclass
 class ViLUConfig:
@@ -90,8 +92,7 @@ def check_mask(mask: torch.Tensor | None, n: int, k: int) -> torch.Tensor | None
     """Validate a candidate mask ``[N, K]`` (True = real candidate); returns it as bool."""
     if mask is None:
         return None
-    if tuple(mask.shape) != (n, k):
-        raise ValueError(f"candidate mask must have shape [{n}, {k}], got {list(mask.shape)}")
+    check_shape(mask, "candidate mask", (n, k))
     mask = mask.bool()
     if not mask.any(dim=1).all():
         bad = int((~mask.any(dim=1)).nonzero()[0])
@@ -162,15 +163,9 @@ class ViLU(nn.Module):
     ) -> torch.Tensor:
         """``image_emb [N, D]``, ``text_emb [K, D]`` (unnormalised is fine), ``mask [N, K]``
         -> logit of P(correct) ``[N]``."""
-        if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
-            raise ValueError(
-                f"expected image_emb [N, D] and text_emb [K, D], got {list(image_emb.shape)} "
-                f"and {list(text_emb.shape)}"
-            )
-        if image_emb.shape[1] != self.embed_dim:
-            raise ValueError(
-                f"embeddings have dim {image_emb.shape[1]}, this ViLU expects {self.embed_dim}"
-            )
+        why = f" (this ViLU's embedding dim is {self.embed_dim})"
+        check_shape(image_emb, "image_emb", ("N", self.embed_dim), why)
+        check_shape(text_emb, "text_emb", ("K", self.embed_dim), why)
         mask = check_mask(mask, image_emb.shape[0], text_emb.shape[0])
         z_v = F.normalize(image_emb, dim=-1)
         z_t = F.normalize(text_emb, dim=-1)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from activevlm.bayes.links import link_for, link_probs
 from activevlm.bayes.probcosine import logit_moments
 from activevlm.metrics.failure import baseline_confidences
 from activevlm.pool import Pool
@@ -109,7 +108,7 @@ def _class_candidates(pool: Pool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
-def score_pool(
+def pool_failure_scores(
     model: ViLUModel,
     pool: Pool,
     indices=None,
@@ -130,7 +129,6 @@ def score_pool(
     idx = np.arange(len(pool)) if indices is None else np.asarray(indices, dtype=np.int64)
     dev = resolve_device(device)
     net = model.net.to(dev).eval()
-    link = link_for(pool.head)
     parts: dict[str, list[np.ndarray]] = {}
     correct: list[np.ndarray] = []
     for rows, img, txt, txt_act, targets in _blocks(model, pool, idx):
@@ -142,11 +140,10 @@ def score_pool(
             continue
         var = None
         if posterior is not None:
-            res = None if pool.image_residuals is None else pool.image_residuals[rows]
-            _, var = logit_moments(posterior, pool.image_activations[rows], txt_act,
-                                   residual=res)
+            act, res = pool.rows(rows)
+            _, var = logit_moments(posterior, act, txt_act, residual=res)
             var = var.cpu().numpy()
-        probs = link_probs(logits, link).cpu().numpy()
+        probs = pool.head.probs(img, txt).cpu().numpy()
         for name, conf in baseline_confidences(probs, var).items():
             parts.setdefault(name, []).append(conf)
     confidences = {k: np.concatenate(v) for k, v in parts.items()}
@@ -169,7 +166,8 @@ def failure_scores(model: ViLUModel, pool_or_embeddings, indices=None, *,
     selection (top-k, stochastic, class-balanced, targeted) as any other score.
     """
     if isinstance(pool_or_embeddings, Pool):
-        scores = score_pool(model, pool_or_embeddings, indices, baselines=False, device=device)
+        scores = pool_failure_scores(model, pool_or_embeddings, indices, baselines=False,
+                                     device=device)
         return scores.failure_probability
     if indices is not None:
         raise ValueError("indices apply to a Pool; slice the embeddings yourself")

@@ -13,11 +13,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from activevlm.metrics.failure import auroc
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import row_chunks
+from activevlm.utils.training import EarlyStopping, train_epochs
+from activevlm.utils.validation import check_labels, check_shape
 from activevlm.vilu.estimator import ViLUModel, as_tensor
 from activevlm.vilu.model import ViLU, ViLUConfig, check_mask, masked_argmax
 
@@ -37,10 +38,7 @@ def zero_shot_correct(image_emb, text_emb, labels, mask=None) -> np.ndarray:
     img = F.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
     txt = F.normalize(as_tensor(text_emb, "text_emb"), dim=-1)
     y = np.asarray(labels, dtype=np.int64)
-    if y.shape != (img.shape[0],):
-        raise ValueError(f"labels must have shape [{img.shape[0]}], got {list(y.shape)}")
-    if y.size and (y.min() < 0 or y.max() >= txt.shape[0]):
-        raise ValueError(f"labels must be in [0, {txt.shape[0]}), got range [{y.min()}, {y.max()}]")
+    check_labels(y, "labels", txt.shape[0], img.shape[0])
     m = None if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.bool)
     m = check_mask(m, img.shape[0], txt.shape[0])
     return masked_argmax(img @ txt.T, m).numpy() == y
@@ -51,8 +49,7 @@ def caption_correct(image_emb, caption_emb, batch_size: int) -> np.ndarray:
     (consecutive batches of ``batch_size``): ``[N, D], [N, D] -> [N]`` (bool)."""
     img = F.normalize(as_tensor(image_emb, "image_emb"), dim=-1)
     cap = F.normalize(as_tensor(caption_emb, "caption_emb"), dim=-1)
-    if cap.shape != img.shape:
-        raise ValueError(f"need one caption per image: {list(img.shape)} vs {list(cap.shape)}")
+    check_shape(cap, "caption_emb", img.shape, " (one caption per image)")
     out = [
         (img[c] @ cap[c].T).argmax(dim=1).numpy() == np.arange(c.stop - c.start)
         for c in row_chunks(img.shape[0], batch_size)
@@ -60,7 +57,7 @@ def caption_correct(image_emb, caption_emb, batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
-def stratified_split(correct, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def correctness_split(correct, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train/validation indices with the same share of failures in both (each class keeps at
     least one item on each side)."""
     y = np.asarray(correct, dtype=bool)
@@ -112,11 +109,8 @@ def fit_vilu(
     dev = resolve_device(device)
     img = as_tensor(image_emb, "image_emb")
     txt = as_tensor(text_emb, "text_emb")
-    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
-        raise ValueError(
-            f"expected image_emb [N, D] and text_emb [K, D], got {list(img.shape)}, "
-            f"{list(txt.shape)}"
-        )
+    n, dim = check_shape(img, "image_emb", ("N", "D"))
+    check_shape(txt, "text_emb", ("K", dim), " (the image embeddings' dim)")
     captions = config.setting == "captions"
     if captions:
         if correct is not None or mask is not None:
@@ -144,11 +138,10 @@ def fit_vilu(
         if correct is None:
             raise ValueError("class setting needs correct [N] (zero-shot correctness)")
         y_np = np.asarray(correct, dtype=bool)
-        if y_np.shape != (img.shape[0],):
-            raise ValueError(f"correct must have shape [{img.shape[0]}], got {list(y_np.shape)}")
+        check_shape(y_np, "correct", (n,))
         m = None if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.bool)
         mask = check_mask(m, img.shape[0], txt.shape[0])
-        train_idx, val_idx = stratified_split(y_np, config.val_fraction, config.seed)
+        train_idx, val_idx = correctness_split(y_np, config.val_fraction, config.seed)
         y_val = y_np[val_idx]
         w = None if config.failure_weight == "batch" else (
             failure_weight(y_np[train_idx]) if config.failure_weight == "dataset"
@@ -178,59 +171,51 @@ def fit_vilu(
         gen = torch.Generator().manual_seed(config.seed)
         train_t = torch.as_tensor(train_idx)
         val_t = torch.as_tensor(val_idx, device=dev)
-        best_auc, best_epoch, best_state, waited, step = -1.0, 0, None, 0, 0
-        history: list[dict] = []
-        columns = (TextColumn("ViLU {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("training", total=config.epochs)
-            for epoch in range(1, config.epochs + 1):
-                net.train()
-                order = train_t[torch.randperm(train_t.numel(), generator=gen)].to(dev)
-                total, count = 0.0, 0
-                for b in order.split(config.batch_size):
-                    if captions:
-                        logits = net(img[b], txt[b])
-                        with torch.no_grad():
-                            sims = F.normalize(img[b], dim=-1) @ F.normalize(txt[b], dim=-1).T
-                            y = (sims.argmax(1) == torch.arange(b.numel(), device=dev)).float()
-                    else:
-                        logits = net(img[b], txt, None if mask is None else mask[b])
-                        y = y_all[b]
-                    loss = F.binary_cross_entropy_with_logits(logits, y, weight=_weights(y, w))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    if freeze_steps and step == freeze_steps:
-                        net.set_attention_frozen(False)
-                    total += loss.item() * b.numel()
-                    count += b.numel()
-                net.eval()
-                with torch.no_grad():
-                    if captions:
-                        val_logits = torch.cat([
-                            net(img[val_t[c]], txt[val_t[c]])
-                            for c in row_chunks(val_idx.size, config.batch_size)
-                        ])
-                    else:
-                        val_logits = net(img[val_t], txt,
-                                         None if mask is None else mask[val_t])
-                val_auc = auroc(y_val, val_logits.cpu().numpy())
-                history.append({"epoch": epoch, "train_loss": total / max(count, 1),
-                                "val_auroc": val_auc})
-                if val_auc > best_auc:
-                    best_auc, best_epoch, waited = val_auc, epoch, 0
-                    best_state = copy.deepcopy(net.state_dict())
+        step = 0
+
+        def run_epoch(epoch: int) -> tuple[float, dict]:
+            nonlocal step
+            net.train()
+            order = train_t[torch.randperm(train_t.numel(), generator=gen)].to(dev)
+            total, count = 0.0, 0
+            for b in order.split(config.batch_size):
+                if captions:
+                    logits = net(img[b], txt[b])
+                    with torch.no_grad():
+                        sims = F.normalize(img[b], dim=-1) @ F.normalize(txt[b], dim=-1).T
+                        y = (sims.argmax(1) == torch.arange(b.numel(), device=dev)).float()
                 else:
-                    waited += 1
-                bar.update(task, advance=1,
-                           description=f"epoch {epoch} val AUROC {val_auc:.3f} "
-                                       f"(best {best_auc:.3f})")
-                if waited >= config.patience:
-                    break
-    net.load_state_dict(best_state)
+                    logits = net(img[b], txt, None if mask is None else mask[b])
+                    y = y_all[b]
+                loss = F.binary_cross_entropy_with_logits(logits, y, weight=_weights(y, w))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if freeze_steps and step == freeze_steps:
+                    net.set_attention_frozen(False)
+                total += loss.item() * b.numel()
+                count += b.numel()
+            net.eval()
+            with torch.no_grad():
+                if captions:
+                    val_logits = torch.cat([
+                        net(img[val_t[c]], txt[val_t[c]])
+                        for c in row_chunks(val_idx.size, config.batch_size)
+                    ])
+                else:
+                    val_logits = net(img[val_t], txt, None if mask is None else mask[val_t])
+            val_auc = auroc(y_val, val_logits.cpu().numpy())
+            return -val_auc, {"epoch": epoch, "train_loss": total / max(count, 1),
+                              "val_auroc": val_auc}
+
+        stopping = EarlyStopping(lambda: copy.deepcopy(net.state_dict()), net.load_state_dict,
+                                 config.patience)
+        run = train_epochs(run_epoch, config.epochs, stopping, label="ViLU",
+                           describe=lambda epoch, row: f"epoch {epoch} val AUROC "
+                                                       f"{row['val_auroc']:.3f}",
+                           progress=progress)
     net.set_attention_frozen(config.keep_attention_frozen)
-    return ViLUModel(net.cpu().eval(), config, model_id, float(logit_scale), w, best_epoch,
-                     best_auc, history)
+    return ViLUModel(net.cpu().eval(), config, model_id, float(logit_scale), w, run.best_epoch,
+                     -run.best_key, run.history)

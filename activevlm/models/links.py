@@ -2,7 +2,8 @@
 
 SigLIP's per-class sigmoids do not sum to one; zero-shot classification normalises them,
 ``p_c = sigmoid(l_c) / sum_j sigmoid(l_j)``. Evaluation, Monte Carlo predictives and
-acquisition scores all use these two functions, so they score the same predictive.
+acquisition scores all use these two functions (a head's own predictive:
+``ProjectionHead.probs``), so they score the same predictive.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ Link = Literal["softmax", "sigmoid"]
 
 
 def link_for(head) -> Link:
-    """``"sigmoid"`` for heads with a logit bias (SigLIP), else ``"softmax"`` (CLIP)."""
+    """``"sigmoid"`` for heads with a logit bias (SigLIP), else ``"softmax"`` (CLIP); the
+    same as ``ProjectionHead.link``."""
     return "sigmoid" if getattr(head, "logit_bias", None) is not None else "softmax"
 
 
