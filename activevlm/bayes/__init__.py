@@ -2,6 +2,7 @@
 prior precision, ProbCosine logit moments and joint weight draws shared by every input."""
 
 from activevlm.bayes.bayesvlm_io import from_bayesvlm_files
+from activevlm.bayes.curvature import CurvatureBackend, estimate_factors
 from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.evidence import log_evidence, optimize_prior_precision
 from activevlm.bayes.from_pool import FIT_MODES, fit_pool_posterior
@@ -23,11 +24,13 @@ from activevlm.bayes.probcosine import (
 __all__ = [
     "FIT_MODES",
     "BayesVLMPosterior",
+    "CurvatureBackend",
     "JointDraws",
     "JointWeightSample",
     "KFACFactors",
     "ModalityPosterior",
     "cosine_moments",
+    "estimate_factors",
     "estimate_kfac",
     "fit_pool_posterior",
     "fit_posterior",

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from activevlm.bayes.curvature import CurvatureBackend, estimate_factors
 from activevlm.bayes.evidence import log_evidence, optimize_prior_precision
-from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
+from activevlm.bayes.kfac import ActivationSource, KFACFactors
 from activevlm.models.head import ProjectionHead, augment, stack_bias
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
@@ -298,17 +299,20 @@ class BayesVLMPosterior:
         data_description: dict | None = None,
         device: str | torch.device | None = "auto",
         progress: bool = True,
+        backend: CurvatureBackend | str = CurvatureBackend.ACTIVEVLM,
     ) -> BayesVLMPosterior:
         """Estimate KFAC factors on cached activations and build the posterior.
 
         ``mode="pairs"``: ``image_act [N, d_img]`` aligned with caption ``text_act [N, d_txt]``;
         ``mode="labels"``: ``text_act [C, d_txt]`` are class prompt activations (see
         :func:`activevlm.bayes.kfac.estimate_kfac` for both). ``prior_precision=None``
-        maximises the evidence per modality.
+        maximises the evidence per modality. ``backend="laplace-torch"`` computes the image
+        factors with laplace-torch (labels-mode CLIP heads; :mod:`activevlm.bayes.curvature`).
         """
-        img_f, txt_f = estimate_kfac(
-            head, image_act, text_act, mode=mode, loss=loss, batch_size=batch_size,
-            image_residual=image_residual, device=device, progress=progress,
+        img_f, txt_f = estimate_factors(
+            head, image_act, text_act, backend=backend, mode=mode, loss=loss,
+            batch_size=batch_size, image_residual=image_residual, device=device,
+            progress=progress,
         )
         return cls.from_head(
             head, img_f, txt_f, pseudo_count=pseudo_count, prior_precision=prior_precision,
