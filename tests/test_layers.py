@@ -27,8 +27,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (  # bottom to top; one group may import e
     ("bench",),
     ("cli",),
 )
-# In-function imports of activevlm modules outside cli/ that issue 12's RunDir work removes.
-PENDING_IN_FUNCTION = {"activevlm.runs.session", "activevlm.bench.grid"}
 
 
 @dataclass(frozen=True)
@@ -171,8 +169,7 @@ def test_no_import_cycles(edges, level):
 
 
 def test_in_function_imports_of_activevlm_only_in_the_cli(edges):
-    bad = [e for e in edges if e.in_function and package_of(e.source) != "cli"
-           and e.source not in PENDING_IN_FUNCTION]
+    bad = [e for e in edges if e.in_function and package_of(e.source) != "cli"]
     if bad:
         pytest.fail(report("import these at module level (in-function imports are for "
                            "optional or heavy dependencies):", bad), pytrace=False)
