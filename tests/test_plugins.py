@@ -39,22 +39,26 @@ register_default_checkpoint("plugtest-clip", lambda: Path(__file__).with_name("w
 
 @pytest.fixture
 def fake_plugins(monkeypatch, tmp_path):
-    """Entry points {name: module} made of modules written into ``tmp_path``."""
+    """Entry points {name: module} made of modules written into ``tmp_path``; registries,
+    plugin state and newly imported plugin modules are put back afterwards."""
 
     def install(modules: dict[str, str]) -> None:
         points = [EntryPoint(name, module, plugins.GROUP) for name, module in modules.items()]
         monkeypatch.setattr(plugins, "entry_points",
                             lambda group: [p for p in points if p.group == group])
 
+    install({})
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_loaded", set())
     monkeypatch.setattr(plugins, "_failed", {})
     monkeypatch.setattr(registry, "_LAYOUTS", dict(registry._LAYOUTS))
     monkeypatch.setattr(model_registry, "_DEFAULT_CHECKPOINTS",
                         dict(model_registry._DEFAULT_CHECKPOINTS))
-    for name in ("plugtest_plugin", "plugtest_broken"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    return install
+    imported = set(sys.modules)
+    yield install
+    for name in ("plugtest_plugin", "plugtest_broken", "activevlm.demo.plugin"):
+        if name not in imported:  # registered into the copies only: import it again later
+            sys.modules.pop(name, None)
 
 
 def test_a_plugin_is_imported_on_an_unknown_name_and_registers_layout_and_model(
