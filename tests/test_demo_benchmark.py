@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from activevlm.acquisition import Strategy
 from activevlm.bench import run_grid
+from activevlm.runs import SelectConfig, run_select
 
 CONFIG = Path(__file__).parents[1] / "benchmarks" / "configs" / "demo.yaml"
 STRATEGIES = ["random-untargeted", "random-targeted", "entropy-targeted", "epig-untargeted",
@@ -17,13 +19,35 @@ STRATEGIES = ["random-untargeted", "random-targeted", "entropy-targeted", "epig-
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> pd.DataFrame:
+def cache(tmp_path_factory):
+    """A user cache of the module's own: the demo world is generated once for its tests."""
     root = tmp_path_factory.mktemp("demo-bench")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        out = run_grid(CONFIG, root / "out", strategies=STRATEGIES, progress=False,
-                       log=lambda *a: None)
-        return pd.read_parquet(out)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def results(cache) -> pd.DataFrame:
+    out = run_grid(CONFIG, cache / "out", strategies=STRATEGIES, progress=False,
+                   log=lambda *a: None)
+    return pd.read_parquet(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["entropy", "epig"])
+def test_the_default_command_queues_what_the_scores_choose(cache, monkeypatch, strategy):
+    """`activevlm select --budget 500` on the demo world: reversing the scores changes the
+    queue (targeted selection chooses among 10 x budget neighbours of the target)."""
+    queues, real = [], Strategy.score
+    for sign in (1, -1):
+        monkeypatch.setattr(Strategy, "score", lambda self, *a, s=sign: s * real(self, *a))
+        config = SelectConfig(strategy=strategy, n_draws=20)  # the defaults otherwise
+        result, _ = run_select(config, run=cache / f"select-{strategy}-{sign}", progress=False,
+                               log=lambda *a: None)
+        queues.append(set(result.queue["sample_id"]))
+        assert len(result.queue) == config.budget == 500
+    assert len(queues[0] & queues[1]) < 0.5 * 500
 
 
 def at(results: pd.DataFrame, strategy: str, n_labels: int, column: str = "accuracy"):

@@ -10,7 +10,6 @@ from activevlm.index import (
     EmbeddingIndex,
     StaleIndexError,
     gpu_available,
-    knn_candidates,
     nearest_unique,
 )
 from activevlm.index import embedding_index as ei
@@ -215,12 +214,3 @@ def test_nearest_unique_bayesvlm_protocol(data, flat):
     small = EmbeddingIndex.build(base[:20], progress=False)
     rows = nearest_unique(small, targets, 50, exclude=[0, 1])
     assert sorted(rows.tolist()) == list(range(2, 20))
-
-
-def test_knn_candidates_is_the_union_of_neighbourhoods(data, flat):
-    base, queries = data
-    cand = knn_candidates(flat, queries, 4, exclude=[0, 1, 2])
-    mask = np.zeros(N, bool)
-    mask[:3] = True
-    expected = np.unique(brute_knn(base, queries, 4, excluded=mask)[1])
-    np.testing.assert_array_equal(cand, expected)

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from activevlm.acquisition import BatchOptions
+from activevlm.acquisition import BatchOptions, Strategy
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.cli.main import app
 from activevlm.runs import RunState, SelectConfig
 from activevlm.runs import select as select_module
-from activevlm.runs.select import pool_index, select_round
+from activevlm.runs.select import select_round
 from tests.toy import toy_pool
 
 runner = CliRunner()
@@ -96,30 +96,64 @@ def test_class_balanced_and_dedup(pool, tmp_path):
                             progress=False).queue) == 8
 
 
+def round_robin_neighbourhood(emb, targets, allowed, wanted):
+    """Brute force: each target in turn takes its most similar allowed row not yet taken."""
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    targets = targets / np.linalg.norm(targets, axis=1, keepdims=True)
+    free, taken = allowed.copy(), []
+    while len(taken) < wanted:
+        for t in targets:
+            sims = np.where(free, emb @ t, -np.inf)
+            best = int(np.argmax(sims))
+            taken.append(best)
+            free[best] = False
+            if len(taken) == wanted:
+                break
+    return np.sort(taken)
+
+
 @pytest.mark.parametrize(("options", "targeted"), [
-    ({"target_domain": "sketch"}, True),  # a target: targeted, BayesVLM's protocol
+    ({"target_domain": "sketch"}, True),  # a target: targeted
     ({}, False),  # nothing to target
-    ({"target_domain": "sketch", "knn_prefilter": 2}, False),  # untargeted options
-    ({"target_domain": "sketch", "batch": BatchOptions(rule="diverse")}, False),
-    ({"target_domain": "sketch", "batch": BatchOptions(class_balanced=True)}, False),
-    ({"target_domain": "sketch", "batch": BatchOptions(dedup_similarity=0.99)}, False),
+    ({"target_domain": "sketch", "batch": BatchOptions(rule="diverse")}, True),
+    ({"target_domain": "sketch", "batch": BatchOptions(class_balanced=True)}, True),
     ({"target_domain": "sketch", "targeted": False}, False),
     ({"target_domain": "sketch", "strategy": "entropy-untargeted"}, False),
     ({"strategy": "entropy-targeted", "target_domain": "sketch"}, True),
 ])
 def test_targeting_is_automatic_unless_asked(pool, tmp_path, options, targeted):
     state = new_state(pool, tmp_path / "run")
-    result = select_round(pool, state, SelectConfig(**{"budget": 4, "strategy": "entropy",
-                                                       **options}), progress=False)
+    config = SelectConfig(**{"budget": 4, "strategy": "entropy", "neighbourhood": 2.5,
+                             **options})
+    result = select_round(pool, state, config, progress=False)
     assert state.rounds[-1]["targeted"] is targeted
     scored = pd.read_parquet(result.paths["scores"])["sample_id"]
-    domains = pool.items.set_index("sample_id").loc[scored, "domain"]
-    # targeted selection scores the target's val points, untargeted the train candidates
-    if targeted:
-        assert set(domains) == {"sketch"} and set(pool.items.set_index("sample_id").loc[
-            scored, "split"]) == {"val"}
-    else:
-        assert set(pool.items.set_index("sample_id").loc[scored, "split"]) == {"train"}
+    train = (pool.items["split"] == "train").to_numpy()
+    assert set(result.queue["sample_id"]) <= set(scored)
+    if not targeted:  # every train item is a candidate
+        assert set(scored) == set(pool.items["sample_id"][train])
+        return
+    # targeted: the 2.5 x 4 = 10 train items nearest to the sketch val points, taken round
+    # robin in the run's seeded order of the target points
+    rng = np.random.default_rng([config.seed, 0])
+    rng.integers(2**31)
+    order = rng.permutation(pool.indices(domain="sketch", split="val"))
+    emb = pool.image_embeddings().numpy()
+    expected = round_robin_neighbourhood(emb, emb[order], train, 10)
+    assert sorted(scored) == sorted(pool.items["sample_id"].to_numpy()[expected])
+
+
+def test_targeted_scores_decide_the_queue(pool, tmp_path, monkeypatch):
+    """Reversed scores give another queue: the scores choose among the neighbourhood."""
+    config = SelectConfig(budget=6, strategy="entropy", target_domain="sketch")
+    first = select_round(pool, new_state(pool, tmp_path / "a"), config, progress=False)
+    real = Strategy.score
+    monkeypatch.setattr(Strategy, "score", lambda self, *a: -real(self, *a))
+    reversed_ = select_round(pool, new_state(pool, tmp_path / "b"), config, progress=False)
+    assert not set(first.queue["sample_id"]) & set(reversed_.queue["sample_id"])
+    scores = pd.read_parquet(first.paths["scores"]).set_index("sample_id")["score"]
+    assert len(scores) == 60  # neighbourhood 10 x budget
+    assert scores[first.queue["sample_id"]].min() >= scores.nlargest(6).min()
 
 
 def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_path):
@@ -133,8 +167,6 @@ def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_
     shortlist = scores["sample_id"].head(18).tolist()  # 3 x budget
     assert set(result.queue["sample_id"]) <= set(shortlist)
     assert result.queue["sample_id"].tolist() != shortlist[:6]  # not simply the top-k
-    with pytest.raises(ValueError, match="diverse"):
-        SelectConfig(batch=BatchOptions(rule="diverse"), targeted=True).resolve(True)
     with pytest.raises(ValueError, match="'rule' must be one of 'topk', 'stochastic'"):
         BatchOptions(rule="greedy")
 
@@ -242,19 +274,3 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
     out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
     assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
-
-
-def test_knn_prefilter_scores_only_neighbours_of_the_targets(pool, tmp_path):
-    config = SelectConfig(budget=4, strategy="entropy", target_domain="sketch", knn_prefilter=2)
-    result = select_round(pool, new_state(pool, tmp_path / "run"), config, progress=False)
-    scored = pd.read_parquet(result.paths["scores"])["sample_id"]
-    train = pool.items["split"] == "train"
-    assert len(result.queue) == 4
-    assert set(result.queue["sample_id"]) <= set(scored)
-    assert 0 < len(scored) < int(train.sum())  # a strict subset of the candidates was scored
-    # every scored item is among the 2 nearest train neighbours of some sketch val item
-    emb = pool.image_embeddings(pool.indices(domain="sketch", split="val")).numpy()
-    index = pool_index(pool, pool.head, tmp_path / "index", progress=False)
-    _, nn = index.search(emb, 2, exclude=~train.to_numpy())
-    allowed = set(pool.items["sample_id"].to_numpy()[np.unique(nn)])
-    assert set(scored) <= allowed

@@ -1,9 +1,8 @@
 """Strategy names and batch options: plain data, cheap to import (no torch, no FAISS).
 
 Names: ``BASE[-targeted|-untargeted]`` with ``BASE`` a key of :data:`STRATEGIES`. Without a
-suffix targeting is automatic: targeted whenever there is a target set, unless an option that
-only applies to pool scoring is asked for (``knn_prefilter``, the ``diverse`` batch, class
-balancing, dedup). :func:`resolve_targeting` is the one place that decides.
+suffix targeting is automatic: targeted whenever there is a target set.
+:func:`resolve_targeting` is the one place that decides.
 """
 
 from __future__ import annotations
@@ -62,8 +61,7 @@ class BatchOptions:
     the diverse batch clusters the best ``prefilter × budget`` candidates;
     ``class_balanced``: walk the order round-robin over predicted classes, among the best
     ``balance_within × budget`` candidates only when set; ``dedup_similarity``: skip items
-    whose cosine similarity to a taken one exceeds it. All but ``rule``/``beta``/``weighting``
-    apply to pool scoring only.
+    whose cosine similarity to a taken one exceeds it.
     """
 
     rule: BatchRule = BatchRule.TOPK
@@ -88,10 +86,9 @@ class BatchOptions:
         check_constraints(self, "batch option")
 
     @property
-    def untargeted_only(self) -> bool:
-        """Whether an option asks for pool scoring (it has no meaning when targeted)."""
-        return (self.rule is BatchRule.DIVERSE or self.class_balanced
-                or self.dedup_similarity is not None)
+    def uses_index(self) -> bool:
+        """Whether the rule needs the FAISS index of the pool's embeddings."""
+        return self.rule is BatchRule.DIVERSE or self.dedup_similarity is not None
 
 
 
@@ -106,26 +103,16 @@ def parse_strategy(name: str) -> tuple[str, bool | None]:
     return name, None
 
 
-def resolve_targeting(name: str, *, has_target: bool, targeted: bool | None = None,
-                      batch: BatchOptions | None = None,
-                      knn_prefilter: int | None = None) -> tuple[str, bool]:
-    """``(base name, targeted)`` that a strategy name means: targeting resolved in one place.
+def resolve_targeting(name: str, *, has_target: bool,
+                      targeted: bool | None = None) -> tuple[str, bool]:
+    """``(base name, targeted)`` that a strategy name means: targeting decided in one place.
 
     ``targeted``: an explicit choice (it must agree with a suffix in ``name``); None = the
-    suffix, else automatic: targeted when ``has_target`` and no untargeted-only option is set.
+    suffix, else automatic: targeted whenever there is a target set (``has_target``).
     """
     base, suffix = parse_strategy(name)
     if suffix is not None and targeted is not None and suffix != targeted:
         raise ValueError(f"strategy {name!r} contradicts targeted={targeted}")
-    batch = batch or BatchOptions()
     if targeted is None:
         targeted = suffix
-    if targeted is None:
-        targeted = has_target and not (batch.untargeted_only or knn_prefilter)
-    if targeted and (batch.untargeted_only or knn_prefilter):
-        raise ValueError("the diverse batch, class balancing, dedup and knn_prefilter apply to "
-                         "pool scoring; targeted selection already spreads the batch over the "
-                         "target points (use --untargeted, or leave them out)")
-    if knn_prefilter is not None and knn_prefilter < 1:
-        raise ValueError(f"knn_prefilter must be >= 1, got {knn_prefilter}")
-    return base, bool(targeted)
+    return base, has_target if targeted is None else bool(targeted)

@@ -39,7 +39,7 @@ from activevlm.acquisition.options import (
 )
 from activevlm.acquisition.scoring import score_pool
 from activevlm.bayes.draws import JointDraws
-from activevlm.index import EmbeddingIndex, knn_candidates, nearest_unique
+from activevlm.index import EmbeddingIndex, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.vilu.combine import failure_weighted
 
@@ -48,12 +48,13 @@ from activevlm.vilu.combine import failure_weighted
 class SelectionProblem:
     """Everything a strategy reads (nothing is written).
 
-    ``candidates [n]``: pool rows that may be queued. ``target_rows [M]``: rows of
-    ``target_pool`` (default ``pool``) forming the target set (EPIG's target distribution and
-    the points targeted selection maps from). ``failure_prob [N]``: ViLU failure probabilities
-    of all pool rows. ``index()``: the FAISS index of the pool's image embeddings under
-    ``head`` (built or loaded by the caller, on first need). ``n_draws``: joint posterior
-    draws K; ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``).
+    ``candidates [n]``: pool rows that may be queued. ``target_points [T]``: rows of
+    ``target_pool`` (default ``pool``) whose neighbourhood targeted selection draws from, in
+    the order their neighbours are taken; ``target_rows [M]``: the sample of them that is
+    EPIG's target distribution. ``failure_prob [N]``: ViLU failure probabilities of all pool
+    rows. ``index()``: the FAISS index of the pool's image embeddings under ``head`` (built
+    or loaded by the caller, on first need). ``n_draws``: joint posterior draws K;
+    ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``).
     """
 
     pool: Any
@@ -62,6 +63,7 @@ class SelectionProblem:
     posterior: Any = None
     target_pool: Any = None
     target_rows: np.ndarray | None = None
+    target_points: np.ndarray | None = None
     failure_prob: np.ndarray | None = None
     index: Callable[[], EmbeddingIndex] | None = None
     n_draws: int = 100
@@ -72,12 +74,14 @@ class SelectionProblem:
     def __post_init__(self) -> None:
         if self.target_pool is None:
             self.target_pool = self.pool
+        if self.target_points is None:
+            self.target_points = self.target_rows
 
 
 @dataclass
 class Selection:
-    """``rows [<=budget]`` pool rows in selection order with their ``scores``; ``scored_rows``
-    / ``scores_all`` are every scored input (target rows when targeted, else pool rows)."""
+    """``rows [<=budget]`` pool rows in selection order with their ``scores``;
+    ``scored_rows [L]`` / ``scores_all [L]``: every candidate that was scored."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -89,14 +93,17 @@ class Selection:
 class Strategy:
     """A named selection rule; build it with :func:`make_strategy`.
 
-    ``knn_prefilter=k``: untargeted scoring of the pool rows among the k nearest neighbours of
-    some target point only.
+    Three steps, each a part of its own: the **candidates** (targeted: the
+    ``neighbourhood × budget`` nearest unlabelled pool neighbours of the target points, taken
+    round robin, so that the scores choose among many more items than the budget; else all
+    candidates), their **scores** (the heuristic on the MAP head or on joint posterior
+    draws), and the **batch rule** (:class:`BatchOptions`).
     """
 
     name: str
     targeted: bool
     batch: BatchOptions = field(default_factory=BatchOptions)
-    knn_prefilter: int | None = None
+    neighbourhood: float = 10.0
 
     @property
     def spec(self) -> StrategySpec:
@@ -109,16 +116,31 @@ class Strategy:
 
     @property
     def needs_target(self) -> bool:
-        """Whether :meth:`select` reads ``problem.target_rows``."""
-        return self.spec.heuristic == "epig" or self.targeted or bool(self.knn_prefilter)
+        """Whether :meth:`select` reads the target set."""
+        return self.spec.heuristic == "epig" or self.targeted
 
     def select(self, problem: SelectionProblem, budget: int, seed: int) -> Selection:
         """Up to ``budget`` pool rows from ``problem.candidates`` (fewer only when they run
         out); the same problem and seed give the same rows."""
         self._check(problem)
-        if self.targeted:
-            return self._select_targeted(problem, budget, seed)
-        return self._select_pool(problem, budget, seed)
+        candidates = self.candidates(problem, budget)
+        scores = self.score(problem, candidates, seed)
+        n = len(problem.pool.items)
+        full = np.zeros(n)
+        full[candidates] = scores
+        excluded = np.ones(n, dtype=bool)
+        excluded[candidates] = False
+        b = self.batch
+        index = problem.index() if b.uses_index else None
+        predicted = map_probs(problem.pool, problem.head, np.arange(n)).argmax(1) \
+            if b.class_balanced else None
+        rows = select_batch(
+            full, budget, strategy=b.rule.value, seed=seed, beta=b.beta,
+            mode=b.weighting.value, exclude=excluded, predicted_class=predicted,
+            balance_within=None if b.balance_within is None else
+            int(np.ceil(b.balance_within * budget)),
+            index=index, min_similarity=b.dedup_similarity, prefilter=b.prefilter)
+        return Selection(rows, full[rows], candidates, scores)
 
     def _check(self, problem: SelectionProblem) -> None:
         spec = self.spec
@@ -128,55 +150,27 @@ class Strategy:
             raise ValueError(f"strategy {self.name!r} needs failure probabilities from a "
                              "trained ViLU model")
         if self.needs_target and problem.target_rows is None:
-            raise ValueError(f"strategy {self.label!r}"
-                             f"{' with knn_prefilter' if self.knn_prefilter else ''} needs a "
-                             "target domain or target pool (--target)")
-        if self.targeted and problem.failure_prob is not None and \
-                problem.target_pool is not problem.pool:
-            raise ValueError("targeted ViLU selection needs the target set inside the pool")
+            raise ValueError(f"strategy {self.label!r} needs a target domain or target pool "
+                             "(--target)")
 
-    def _select_targeted(self, p: SelectionProblem, budget: int, seed: int) -> Selection:
-        trows = p.target_rows
-        scores = self.score(p, p.target_pool, trows, seed)
-        order = select_batch(scores, len(scores), strategy=self.batch.rule.value, seed=seed,
-                             beta=self.batch.beta, mode=self.batch.weighting.value)
+    def candidates(self, p: SelectionProblem, budget: int) -> np.ndarray:
+        """Pool rows ``[L]`` (ascending) this strategy scores: targeted, the
+        ``min(⌈neighbourhood·budget⌉, n)`` unlabelled pool rows nearest to the target points
+        (round robin over ``p.target_points``: each takes its nearest row not yet taken);
+        untargeted, all of ``p.candidates``."""
+        if not self.targeted:
+            return p.candidates
         index = p.index()
         excluded = np.ones(index.n, dtype=bool)
         excluded[p.candidates] = False
-        target_emb = p.target_pool.image_embeddings(trows[order], p.head).numpy()
-        rows = nearest_unique(index, target_emb, budget, exclude=excluded)
-        # round robin: the i-th pick is a neighbour of the (i mod T)-th best target point
-        neighbour_of = np.resize(order, len(rows))
-        return Selection(rows, scores[neighbour_of], trows, scores)
+        wanted = min(int(np.ceil(self.neighbourhood * budget)), len(p.candidates))
+        emb = p.target_pool.image_embeddings(p.target_points, p.head).numpy()
+        return np.sort(nearest_unique(index, emb, wanted, exclude=excluded))
 
-    def _select_pool(self, p: SelectionProblem, budget: int, seed: int) -> Selection:
-        n = len(p.pool.items)
-        candidates = p.candidates
-        index = p.index() if (self.knn_prefilter or self.batch.untargeted_only) else None
-        if self.knn_prefilter:
-            excluded = np.ones(n, dtype=bool)
-            excluded[candidates] = False
-            target_emb = p.target_pool.image_embeddings(p.target_rows, p.head).numpy()
-            candidates = knn_candidates(index, target_emb, self.knn_prefilter, exclude=excluded)
-        scores = self.score(p, p.pool, candidates, seed)
-        full = np.full(n, -np.inf)
-        full[candidates] = scores
-        excluded = np.ones(n, dtype=bool)
-        excluded[candidates] = False
-        b = self.batch
-        predicted = map_probs(p.pool, p.head, np.arange(n)).argmax(1) if b.class_balanced \
-            else None
-        rows = select_batch(
-            np.where(np.isfinite(full), full, 0.0), budget, strategy=b.rule.value, seed=seed,
-            beta=b.beta, mode=b.weighting.value, exclude=excluded, predicted_class=predicted,
-            balance_within=None if b.balance_within is None else
-            int(np.ceil(b.balance_within * budget)),
-            index=index, min_similarity=b.dedup_similarity, prefilter=b.prefilter)
-        return Selection(rows, full[rows], candidates, scores)
-
-    def score(self, p: SelectionProblem, pool, rows: np.ndarray, seed: int) -> np.ndarray:
-        """Scores ``[len(rows)]`` of ``pool`` rows (higher = first) under this strategy's
+    def score(self, p: SelectionProblem, rows: np.ndarray, seed: int) -> np.ndarray:
+        """Scores ``[len(rows)]`` of pool ``rows`` (higher = first) under this strategy's
         heuristic; EPIG's target set is ``p.target_rows``, scored under the same draws."""
+        pool = p.pool
         spec = self.spec
         generator = torch.Generator().manual_seed(seed)
         if spec.bayesian:
@@ -202,12 +196,13 @@ class Strategy:
 
 
 def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
-                  batch: BatchOptions | None = None,
-                  knn_prefilter: int | None = None) -> Strategy:
+                  batch: BatchOptions | None = None, neighbourhood: float = 10.0) -> Strategy:
     """The :class:`Strategy` a name means (targeting: :func:`resolve_targeting`)."""
-    base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted,
-                                       batch=batch, knn_prefilter=knn_prefilter)
-    return Strategy(base, targeted, batch or BatchOptions(), knn_prefilter)
+    base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted)
+    if neighbourhood < 1:
+        raise ValueError(f"neighbourhood must be >= 1 (a multiple of the budget), got "
+                         f"{neighbourhood}")
+    return Strategy(base, targeted, batch or BatchOptions(), neighbourhood)
 
 
 def with_batch(strategy: Strategy, **options: Any) -> Strategy:

@@ -33,10 +33,9 @@ def select(
     pool_split: str | None = typer.Option(_SELECT.pool_split, "--pool-split",
                                           help="Split that may be queued ('all' = any)."),
     targeted: bool | None = typer.Option(
-        _SELECT.targeted, "--targeted/--untargeted", help="Score the target points and queue "
-        "their nearest pool neighbours (BayesVLM protocol), or score the pool itself. Default: "
-        "targeted when there is a target, unless --knn-prefilter, --batch diverse, "
-        "--class-balanced or --dedup is given."),
+        _SELECT.targeted, "--targeted/--untargeted", help="Choose among the pool items nearest "
+        "to the target points, or among the whole pool. Default: targeted when there is a "
+        "target."),
     run: Path | None = typer.Option(None, "--run", help="Run directory (default: "
                                     "runs/<pool name>)."),
     seed: int = typer.Option(_SELECT.seed, "--seed", help="Seed of the selection."),
@@ -56,9 +55,9 @@ def select(
     epig_top_classes: int | None = typer.Option(
         _SELECT.epig_top_classes, "--epig-top-classes", help="EPIG over each input's top "
         "classes + 'other' (a lower bound; much faster for many classes)."),
-    knn_prefilter: int | None = typer.Option(
-        _SELECT.knn_prefilter, "--knn-prefilter", help="Score only the K nearest pool "
-        "neighbours of the target points."),
+    neighbourhood: float = typer.Option(
+        _SELECT.neighbourhood, "--neighbourhood", help="Targeted: score this many times the "
+        "budget of pool items nearest to the target points."),
     vilu_model: Path | None = typer.Option(None, "--vilu-model",
                                            help="Trained ViLU model (strategies vilu, "
                                            "vilu+epig)."),
@@ -73,7 +72,7 @@ def select(
             target_split=None if target_split == "all" else target_split, targeted=targeted,
             pool_split=None if pool_split == "all" else pool_split, n_draws=draws,
             n_targets=n_targets, seed=seed, epig_top_classes=epig_top_classes,
-            knn_prefilter=knn_prefilter,
+            neighbourhood=neighbourhood,
             batch=BatchOptions(rule=batch, beta=beta, weighting=weighting,
                                class_balanced=class_balanced, dedup_similarity=dedup))
         config.resolve(has_target=True)  # contradicting options fail before any work

@@ -9,7 +9,7 @@ from activevlm.index.embedding_index import (
     ids_checksum,
 )
 from activevlm.index.exclusion import Exclude, exclusion_mask
-from activevlm.index.targeting import knn_candidates, nearest_unique
+from activevlm.index.targeting import nearest_unique
 
 __all__ = [
     "DEFAULT_IVF_THRESHOLD",
@@ -20,6 +20,5 @@ __all__ = [
     "exclusion_mask",
     "gpu_available",
     "ids_checksum",
-    "knn_candidates",
     "nearest_unique",
 ]

@@ -1,4 +1,4 @@
-"""Targeted selection through the pool index (BayesVLM protocol) and k-NN pre-filtering."""
+"""Targeted selection through the pool index: the unique nearest pool rows of target points."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ import numpy as np
 
 from activevlm.index.embedding_index import EmbeddingIndex
 from activevlm.index.exclusion import Exclude, exclusion_mask
-
-
-def knn_candidates(
-    pool_index: EmbeddingIndex, target_emb, k: int, *, exclude: Exclude = None
-) -> np.ndarray:
-    """Sorted unique pool rows among the ``k`` nearest neighbours of any target point
-    (``target_emb [M, D]``): a candidate set to score instead of the whole pool."""
-    _, ids = pool_index.search(target_emb, k, exclude=exclude)
-    return np.unique(ids[ids >= 0])
 
 
 def nearest_unique(

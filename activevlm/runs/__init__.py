@@ -14,7 +14,7 @@ _EXPORTS = {
     **dict.fromkeys(["RunDir", "base_posterior", "load_posterior", "resolve_posterior",
                      "run_posterior", "save_posterior"], "rundir"),
     **dict.fromkeys(["SelectionResult", "head_fingerprint", "pool_index", "select_round",
-                     "target_rows"], "select"),
+                     "target_points"], "select"),
     **dict.fromkeys(["DEMO_TARGET_DOMAIN", "default_fit_domains", "run_select"], "session"),
     "RunState": "state",
 }

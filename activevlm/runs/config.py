@@ -16,14 +16,15 @@ class SelectConfig:
     ``-targeted`` / ``-untargeted``; ``targeted`` the same choice as an option (None = the
     suffix, else automatic: targeted whenever there is a target, see
     :func:`activevlm.acquisition.options.resolve_targeting`). ``target_domain`` /
-    ``target_split``: the target set (EPIG's target distribution; the points targeted
-    selection maps to their nearest unlabelled pool neighbours); at most ``n_targets`` of
-    them are sampled.
+    ``target_split``: the target set, its unlabelled items; ``n_targets`` of them (a seeded
+    sample) are EPIG's target distribution M. Targeted selection scores the
+    ``neighbourhood × budget`` unlabelled pool items nearest to the target points (each
+    target point in turn takes its nearest item not yet taken), so that the scores choose
+    the batch among many more items than the budget.
     ``pool_split``: which items may be queued (None = all). ``n_draws``: joint posterior
     draws K. ``batch``: the batch rule and its options (:class:`BatchOptions`).
     ``epig_top_classes``: EPIG over each input's top classes plus "other" (a lower bound,
-    ``(C / (c + 1))²`` times cheaper). ``knn_prefilter=k``: score only pool items among the
-    k nearest neighbours (FAISS) of some target point.
+    ``(C / (c + 1))²`` times cheaper).
     """
 
     budget: int = 500
@@ -38,7 +39,7 @@ class SelectConfig:
     seed: int = 0
     chunk_size: int = 2048
     epig_top_classes: int | None = None
-    knn_prefilter: int | None = None
+    neighbourhood: float = 10.0
 
     _constraints = {
         "budget": [Interval(1, None, integer=True)],
@@ -53,7 +54,7 @@ class SelectConfig:
         "seed": [Interval(0, None, integer=True)],
         "chunk_size": [Interval(1, None, integer=True)],
         "epig_top_classes": [None, Interval(1, None, integer=True)],
-        "knn_prefilter": [None, Interval(1, None, integer=True)],
+        "neighbourhood": [Interval(1, None)],
     }
 
     def __post_init__(self) -> None:
@@ -63,5 +64,4 @@ class SelectConfig:
     def resolve(self, has_target: bool) -> tuple[str, bool]:
         """``(strategy base name, targeted)`` these options mean with or without a target
         set (:func:`activevlm.acquisition.options.resolve_targeting`)."""
-        return resolve_targeting(self.strategy, has_target=has_target, targeted=self.targeted,
-                                 batch=self.batch, knn_prefilter=self.knn_prefilter)
+        return resolve_targeting(self.strategy, has_target=has_target, targeted=self.targeted)

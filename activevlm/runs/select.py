@@ -63,9 +63,10 @@ def pool_index(pool, head: ProjectionHead, folder: str | Path,
     return index
 
 
-def target_rows(target_pool, config: SelectConfig, rng: np.random.Generator,
-                exclude: set[str]) -> np.ndarray:
-    """Up to ``n_targets`` unlabelled rows of ``target_pool`` in the target domain/split."""
+def target_points(target_pool, config: SelectConfig, rng: np.random.Generator,
+                  exclude: set[str]) -> np.ndarray:
+    """The unlabelled rows of ``target_pool`` in the target domain/split, in a seeded random
+    order (the order targeted selection takes their neighbours in)."""
     rows = target_pool.indices(domain=config.target_domain, split=config.target_split)
     ids = target_pool.items["sample_id"].to_numpy()
     rows = rows[~np.isin(ids[rows], list(exclude))]
@@ -73,9 +74,7 @@ def target_rows(target_pool, config: SelectConfig, rng: np.random.Generator,
         raise ValueError(f"pool {target_pool.path}: no unlabelled items with domain="
                          f"{config.target_domain!r}, split={config.target_split!r}; domains: "
                          f"{sorted(target_pool.items['domain'].dropna().unique().tolist())}")
-    if len(rows) > config.n_targets:
-        rows = np.sort(rng.choice(rows, size=config.n_targets, replace=False))
-    return rows
+    return rng.permutation(rows)
 
 
 def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
@@ -97,7 +96,7 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     has_target = (target_pool is not None and target_pool is not pool) or \
         config.target_domain is not None
     strategy = make_strategy(config.strategy, has_target=has_target, targeted=config.targeted,
-                             batch=config.batch, knn_prefilter=config.knn_prefilter)
+                             batch=config.batch, neighbourhood=config.neighbourhood)
     target_pool = pool if target_pool is None else target_pool
     if target_pool is not pool and target_pool.model_id != pool.model_id:
         raise ValueError(f"target pool {target_pool.path} is for model {target_pool.model_id!r}"
@@ -115,10 +114,12 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     if len(candidates) == 0:
         raise ValueError(f"pool {pool.path}: no unlabelled, unqueued items left in split "
                          f"{config.pool_split!r}")
+    points = target_points(target_pool, config, rng, excluded) \
+        if has_target or strategy.needs_target else None
     problem = SelectionProblem(
         pool, candidates, head, posterior=posterior, target_pool=target_pool,
-        target_rows=target_rows(target_pool, config, rng, excluded)
-        if has_target or strategy.needs_target else None,
+        target_rows=None if points is None else np.sort(points[:config.n_targets]),
+        target_points=points,
         failure_prob=failure_prob,
         index=lambda: pool_index(pool, head, state.dir.index, progress),
         n_draws=config.n_draws, chunk_size=config.chunk_size,
@@ -139,10 +140,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     })
     paths = write_queue(state.dir.round(round_index), queue)
     paths["scores"] = state.dir.scores(round_index)
-    scored_ids = target_pool.items["sample_id"].to_numpy()[selection.scored_rows] \
-        if strategy.targeted else ids[selection.scored_rows]
     atomic_write_parquet(paths["scores"], pd.DataFrame(
-        {"sample_id": scored_ids, "score": np.asarray(selection.scores_all, dtype=float)}))
+        {"sample_id": ids[selection.scored_rows],
+         "score": np.asarray(selection.scores_all, dtype=float)}))
     for sid in queue["sample_id"]:
         state.queued[sid] = round_index
     state.rounds.append({**asdict(config), "strategy": strategy.name,
