@@ -18,7 +18,7 @@ _EXPORTS = {
                      "parse_strategy", "resolve_targeting"], "options"),
     "score_pool": "scoring",
     **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy", "map_probs",
-                     "rows_of", "with_batch"], "strategy"),
+                     "with_batch"], "strategy"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -184,9 +184,9 @@ class Strategy:
                           h.requires)
         target_probs = None
         if "target_probs" in h.requires:
-            target_probs = draws.probs_chunked(*rows_of(p.target_pool, p.target_rows))
+            target_probs = draws.probs_chunked(*p.target_pool.rows(p.target_rows, lazy=True))
         failure = None if p.failure_prob is None else p.failure_prob[rows]
-        act, residual = rows_of(pool, rows)
+        act, residual = pool.rows(rows, lazy=True)
         scores = score_pool(draws, act, h, residual=residual, target_probs=target_probs,
                             external_scores=failure if spec.failure == "scores" else None,
                             generator=generator, chunk_size=p.chunk_size, progress=p.progress)
@@ -210,27 +210,11 @@ def with_batch(strategy: Strategy, **options: Any) -> Strategy:
     return replace(strategy, batch=replace(strategy.batch, **options))
 
 
-def rows_of(pool, rows: np.ndarray) -> tuple[_Rows, _Rows | None]:
-    """Lazy row views ``(activations [n, d_img], residual [n, D] | None)`` of ``pool`` rows,
-    read chunk by chunk by the scorers."""
-    res = None if pool.image_residuals is None else _Rows(pool.image_residuals, rows)
-    return _Rows(pool.image_activations, rows), res
-
-
-class _Rows:
-    """Row-sliceable view of selected rows of an array (read on slicing)."""
-
-    def __init__(self, array, rows: np.ndarray):
-        self.array, self.rows = array, rows
-        self.shape = (len(rows), *array.shape[1:])
-
-    def __getitem__(self, key):
-        return self.array[self.rows[key]]
-
-
-def map_probs(pool, head: ProjectionHead, rows: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[len(rows), C]`` of the deterministic ``head`` (through the link
-    every predictive uses: softmax, or normalised sigmoids for SigLIP)."""
-    draws = JointDraws.from_head(head, pool.text_activations, device="cpu")
-    act, residual = rows_of(pool, np.asarray(rows))
-    return draws.probs_chunked(act, residual, chunk_size=8192)[0].numpy()
+def map_probs(pool, head: ProjectionHead, rows: np.ndarray, chunk_size: int = 8192) -> np.ndarray:
+    """Class probabilities ``[len(rows), C]`` of the deterministic ``head`` through its link
+    (softmax, or normalised sigmoids for SigLIP), read ``chunk_size`` rows at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    text = head.text_embeddings(torch.from_numpy(np.asarray(pool.text_activations)))
+    out = [head.probs(pool.image_embeddings(rows[i:i + chunk_size], head), text)
+           for i in range(0, len(rows), chunk_size)]
+    return torch.cat(out).numpy() if out else np.empty((0, len(pool.classnames)))

@@ -5,22 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from activevlm.acquisition import map_probs
 from activevlm.models.head import ProjectionHead
 from activevlm.vilu import ViLUConfig, failure_scores, fit_vilu, zero_shot_correct
-
-CHUNK = 8192
 
 
 @torch.no_grad()
 def msp_failure(pool, head: ProjectionHead) -> np.ndarray:
-    """``1 − max_c softmax(logits)`` ``[N]`` of ``head`` over all pool rows."""
-    txt = head.text_embeddings(torch.from_numpy(pool.text_activations))
-    rows = np.arange(len(pool.items))
-    out = []
-    for i in range(0, len(rows), CHUNK):
-        g = pool.image_embeddings(rows[i:i + CHUNK], head)
-        out.append(1.0 - torch.softmax(head.logits(g, txt), dim=-1).max(dim=-1).values)
-    return torch.cat(out).double().numpy()
+    """``1 − max_c p(c)`` ``[N]`` of ``head`` (through its link) over all pool rows."""
+    return 1.0 - map_probs(pool, head, np.arange(len(pool.items))).max(1).astype(np.float64)
 
 
 def failure_probabilities(pool, head: ProjectionHead, rows: np.ndarray, labels: np.ndarray,

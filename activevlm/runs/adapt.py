@@ -48,10 +48,8 @@ def labelled_rows(pool, state: RunState) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _activations(pool, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-    act = torch.from_numpy(np.asarray(pool.image_activations[rows], dtype=np.float32))
-    res = (None if pool.image_residuals is None
-           else torch.from_numpy(np.asarray(pool.image_residuals[rows], dtype=np.float32)))
-    return act, res
+    act, res = pool.rows(rows)
+    return torch.from_numpy(act), None if res is None else torch.from_numpy(res)
 
 
 def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
