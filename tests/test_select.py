@@ -167,7 +167,7 @@ def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_
     shortlist = scores["sample_id"].head(18).tolist()  # 3 x budget
     assert set(result.queue["sample_id"]) <= set(shortlist)
     assert result.queue["sample_id"].tolist() != shortlist[:6]  # not simply the top-k
-    with pytest.raises(ValueError, match="'rule' must be one of 'topk', 'stochastic'"):
+    with pytest.raises(ValueError, match="BatchOptions.rule must be one of 'topk', 'stochastic'"):
         BatchOptions(rule="greedy")
 
 
@@ -197,7 +197,7 @@ def test_bad_configs_name_the_problem(pool, tmp_path):
         select_round(pool, state, SelectConfig(strategy="epig"), progress=False)
     with pytest.raises(ValueError, match="contradicts targeted=False"):
         SelectConfig(strategy="epig-targeted", targeted=False).resolve(True)
-    with pytest.raises(ValueError, match="'budget' must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="SelectConfig.budget must be an integer >= 1, got 0"):
         SelectConfig(budget=0)
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
         select_round(pool, state, SelectConfig(strategy="best"), progress=False)

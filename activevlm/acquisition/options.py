@@ -83,7 +83,7 @@ class BatchOptions:
     }
 
     def __post_init__(self) -> None:
-        check_constraints(self, "batch option")
+        check_constraints(self)
 
     @property
     def uses_index(self) -> bool:

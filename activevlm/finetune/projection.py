@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from activevlm.finetune.split import stratified_split
 from activevlm.models.head import ProjectionHead
+from activevlm.utils.constraints import Interval, check_constraints
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_numpy, to_tensor
 from activevlm.utils.training import EarlyStopping, train_epochs
@@ -87,17 +88,21 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
 
+    _constraints = {
+        "lr": [Interval(0, None, open_low=True)],
+        "weight_decay": [Interval(0, None)],
+        "max_epochs": [Interval(1, None, integer=True)],
+        "batch_size": [None, Interval(1, None, integer=True)],
+        "patience": [Interval(1, None, integer=True)],
+        "val_fraction": [Interval(0, 1, open_high=True)],
+        "train_text": [bool],
+        "l2_to_init": [Interval(0, None)],
+        "seed": [Interval(0, None, integer=True)],
+        "device": [str],
+    }
+
     def __post_init__(self) -> None:
-        checks = {
-            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0,
-            "max_epochs": self.max_epochs >= 1,
-            "batch_size": self.batch_size is None or self.batch_size >= 1,
-            "patience": self.patience >= 1, "val_fraction": 0 <= self.val_fraction < 1,
-            "l2_to_init": self.l2_to_init >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"FinetuneConfig.{name} has invalid value {getattr(self, name)!r}")
+        check_constraints(self)
 
 
 @dataclass

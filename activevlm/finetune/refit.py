@@ -30,14 +30,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import torch
 
 from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
 from activevlm.models.head import ProjectionHead, stack_bias
+from activevlm.utils.constraints import Interval, check_constraints
 
-REFIT_MODES = ("none", "recentre", "recentre+update")
+
+class RefitMode(StrEnum):
+    """How a refit treats the posterior (module docstring)."""
+
+    NONE = "none"
+    RECENTRE = "recentre"
+    RECENTRE_UPDATE = "recentre+update"
+
+
+REFIT_MODES = tuple(m.value for m in RefitMode)
 
 
 @dataclass
@@ -52,17 +63,22 @@ class RefitConfig:
     ``device``: where the KFAC fit runs ("auto" = CUDA when present).
     """
 
-    mode: str = "recentre+update"
+    mode: RefitMode = RefitMode.RECENTRE_UPDATE
     reoptimize_prior: bool = True
     batch_size: int = 4096
     prior_num_samples: int | tuple[int, int] | None = None
     device: str = "auto"
 
+    _constraints = {
+        "mode": [RefitMode],
+        "reoptimize_prior": [bool],
+        "batch_size": [Interval(1, None, integer=True)],
+        "prior_num_samples": [None, Interval(1, None, integer=True), tuple, list],
+        "device": [str],
+    }
+
     def __post_init__(self) -> None:
-        if self.mode not in REFIT_MODES:
-            raise ValueError(f"RefitConfig.mode must be one of {REFIT_MODES}, got {self.mode!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"RefitConfig.batch_size must be >= 1, got {self.batch_size}")
+        check_constraints(self)
 
 
 def combine_factor(

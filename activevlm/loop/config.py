@@ -66,7 +66,7 @@ class LoopConfig:
     }
 
     def __post_init__(self) -> None:
-        check_constraints(self, "loop option")
+        check_constraints(self)
 
     @property
     def target_domain(self) -> str | None:

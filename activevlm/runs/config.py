@@ -58,7 +58,7 @@ class SelectConfig:
     }
 
     def __post_init__(self) -> None:
-        check_constraints(self, "select option")
+        check_constraints(self)
         parse_strategy(self.strategy)
 
     def resolve(self, has_target: bool) -> tuple[str, bool]:

@@ -29,22 +29,29 @@ class Interval:
     low: float | None
     high: float | None
     integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, Integral if self.integer else Real):
             return False
         if not math.isfinite(value):
             return False
-        return (self.low is None or value >= self.low) and \
-            (self.high is None or value <= self.high)
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else
+                                      value <= self.high)
+        return above and below
 
     def __str__(self) -> str:
         kind = "an integer" if self.integer else "a number"
         if self.low is not None and self.high is not None:
-            return f"{kind} in [{self.low}, {self.high}]"
+            return (f"{kind} in {'(' if self.open_low else '['}{self.low}, {self.high}"
+                    f"{')' if self.open_high else ']'}")
         if self.low is not None:
-            return f"{kind} >= {self.low}"
-        return f"{kind} <= {self.high}" if self.high is not None else kind
+            return f"{kind} {'>' if self.open_low else '>='} {self.low}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.open_high else '<='} {self.high}"
+        return kind
 
 
 def _describe(allowed) -> str:
@@ -73,10 +80,11 @@ def _convert(value: Any, allowed) -> tuple[bool, Any]:
     return isinstance(value, allowed), value
 
 
-def check_constraints(obj: Any, what: str | None = None) -> None:
+def check_constraints(obj: Any) -> None:
     """Check (and convert, e.g. strings to enum members) every field of the dataclass
-    ``obj`` that its class's ``_constraints`` names; ``what`` names it in the error."""
-    name = what or type(obj).__name__
+    ``obj`` that its class's ``_constraints`` names; the error reads ``Class.field must be
+    ..., got value``."""
+    name = type(obj).__name__
     for field_name, options in type(obj)._constraints.items():
         value = getattr(obj, field_name)
         for allowed in options:
@@ -87,7 +95,7 @@ def check_constraints(obj: Any, what: str | None = None) -> None:
                 break
         else:
             choices = " or ".join(_describe(a) for a in options)
-            raise ValueError(f"{name} {field_name!r} must be {choices}, got {value!r}")
+            raise ValueError(f"{name}.{field_name} must be {choices}, got {value!r}")
 
 
 def config_from_dict(cls: type, raw: dict | None, where: str | None = None):

@@ -14,12 +14,34 @@ frozen (and ``W_q = I``), ``z_α`` is the CLIP-probability-weighted mean of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from activevlm.utils.constraints import Interval, check_constraints
 from activevlm.utils.validation import check_shape
+
+
+class AttentionInit(StrEnum):
+    IDENTITY = "identity"
+    RANDOM = "random"
+
+
+class Setting(StrEnum):
+    CLASSES = "classes"
+    CAPTIONS = "captions"
+
+
+class FailureWeight(StrEnum):
+    DATASET = "dataset"
+    BATCH = "batch"
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"
+    SGD = "sgd"
 
 
 @dataclass
@@ -38,14 +60,14 @@ class ViLUConfig:
     hidden: tuple[int, ...] = (512, 256, 128)
     dropout: float = 0.0
     num_heads: int = 1
-    attention_init: str = "identity"  # "identity" | "random"
+    attention_init: AttentionInit = AttentionInit.IDENTITY
     tie_kv: bool = True
     freeze_attention_steps: int = 0
     keep_attention_frozen: bool = False
     attention_scale: float | None = None
-    setting: str = "classes"  # "classes" | "captions"
-    failure_weight: str | float = "dataset"
-    optimizer: str = "adamw"  # "adamw" | "sgd"
+    setting: Setting = Setting.CLASSES
+    failure_weight: FailureWeight | float = FailureWeight.DATASET
+    optimizer: Optimizer = Optimizer.ADAMW
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -55,30 +77,31 @@ class ViLUConfig:
     patience: int = 10
     seed: int = 0
 
+    _constraints = {
+        "hidden": [tuple, list],
+        "dropout": [Interval(0, 1, open_high=True)],
+        "num_heads": [Interval(1, None, integer=True)],
+        "attention_init": [AttentionInit],
+        "tie_kv": [bool],
+        "freeze_attention_steps": [Interval(0, None, integer=True)],
+        "keep_attention_frozen": [bool],
+        "attention_scale": [None, Interval(0, None, open_low=True)],
+        "setting": [Setting],
+        "failure_weight": [FailureWeight, Interval(0, None, open_low=True)],
+        "optimizer": [Optimizer],
+        "lr": [Interval(0, None, open_low=True)],
+        "weight_decay": [Interval(0, None)],
+        "momentum": [Interval(0, 1)],
+        "epochs": [Interval(1, None, integer=True)],
+        "batch_size": [Interval(1, None, integer=True)],
+        "val_fraction": [Interval(0, 1, open_low=True, open_high=True)],
+        "patience": [Interval(1, None, integer=True)],
+        "seed": [Interval(0, None, integer=True)],
+    }
+
     def __post_init__(self) -> None:
+        check_constraints(self)
         self.hidden = tuple(int(h) for h in self.hidden)
-        checks = {
-            "attention_init": (self.attention_init, ("identity", "random")),
-            "setting": (self.setting, ("classes", "captions")),
-            "optimizer": (self.optimizer, ("adamw", "sgd")),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"ViLUConfig.{name} must be one of {allowed}, got {value!r}")
-        if isinstance(self.failure_weight, str):
-            if self.failure_weight not in ("dataset", "batch"):
-                raise ValueError(
-                    "ViLUConfig.failure_weight must be 'dataset', 'batch' or a positive number, "
-                    f"got {self.failure_weight!r}"
-                )
-        elif not float(self.failure_weight) > 0:
-            raise ValueError(f"ViLUConfig.failure_weight must be > 0, got {self.failure_weight}")
-        if self.num_heads < 1:
-            raise ValueError(f"ViLUConfig.num_heads must be >= 1, got {self.num_heads}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"ViLUConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("ViLUConfig.epochs, batch_size and patience must be >= 1")
 
 
 def masked_argmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
