@@ -16,8 +16,9 @@ _EXPORTS = {
                     "heuristics"),
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
                      "parse_strategy", "resolve_targeting"], "options"),
-    "score_pool": "scoring",
-    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy", "map_probs",
+    **dict.fromkeys(["map_probs", "score_pool"], "scoring"),
+    **dict.fromkeys(["BatchInputs", "RULES"], "rules"),
+    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy",
                      "with_batch"], "strategy"),
 }
 __all__ = sorted(_EXPORTS)

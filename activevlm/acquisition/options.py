@@ -16,11 +16,29 @@ TARGETED, UNTARGETED = "-targeted", "-untargeted"
 
 
 class BatchRule(StrEnum):
-    """How a score order becomes a batch (see :mod:`activevlm.acquisition.batch`)."""
+    """How the candidates (and their scores) become a batch (:mod:`.rules`)."""
 
     TOPK = "topk"
     STOCHASTIC = "stochastic"  # Kirsch et al. 2023: sample ∝ weight(score), no replacement
     DIVERSE = "diverse"  # best item of each k-means cluster of the best candidates
+    GREEDY = "greedy"  # EPIG/BALD, posterior conditioned on each pick (MATH.md §6)
+    TYPICAL = "typical"  # GREEDY over the typical point of each k-means cluster
+    TYPICLUST = "typiclust"  # coverage: the typical point of uncovered clusters
+    PROBCOVER = "probcover"  # coverage: greedy max coverage of δ-balls
+
+    @property
+    def orders_scores(self) -> bool:
+        """Whether the rule walks a score order (class balance and dedup apply)."""
+        return self in (BatchRule.TOPK, BatchRule.STOCHASTIC, BatchRule.DIVERSE)
+
+    @property
+    def conditions(self) -> bool:
+        """Whether the rule conditions the posterior on its picks (EPIG/BALD only)."""
+        return self in (BatchRule.GREEDY, BatchRule.TYPICAL)
+
+    @property
+    def reads_scores(self) -> bool:
+        return self not in (BatchRule.TYPICLUST, BatchRule.PROBCOVER)
 
 
 class Weighting(StrEnum):
@@ -32,13 +50,15 @@ class Weighting(StrEnum):
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A registered strategy: its ``heuristic``, whether it scores on posterior draws
-    (``bayesian``) and whether it needs ViLU failure probabilities ``[N]`` (``failure``:
-    None, "scores" = they are the score, "weights" = they multiply EPIG)."""
+    """A registered strategy: its ``heuristic`` (None: it reads no scores), whether it scores
+    on posterior draws (``bayesian``), whether it needs ViLU failure probabilities ``[N]``
+    (``failure``: None, "scores" = they are the score, "weights" = they multiply EPIG) and
+    the batch rule it always uses (``rule``; None: the one asked for)."""
 
-    heuristic: str
+    heuristic: str | None
     bayesian: bool
     failure: str | None = None
+    rule: BatchRule | None = None
 
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -50,6 +70,8 @@ STRATEGIES: dict[str, StrategySpec] = {
     "epig": StrategySpec("epig", True),
     "vilu": StrategySpec("vilu", False, failure="scores"),
     "vilu+epig": StrategySpec("epig", True, failure="weights"),  # EPIG · p_fail
+    "typiclust": StrategySpec(None, False, rule=BatchRule.TYPICLUST),  # Hacohen et al. 2022
+    "probcover": StrategySpec(None, False, rule=BatchRule.PROBCOVER),  # Yehuda et al. 2022
 }
 
 

@@ -1,4 +1,5 @@
-"""Stream a pool through joint draws and a heuristic, one chunk in memory at a time."""
+"""Stream a pool through joint draws and a heuristic, one chunk in memory at a time; the
+MAP head's class probabilities of pool rows."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from activevlm.acquisition.heuristics import Heuristic, get_heuristic
 from activevlm.bayes.draws import JointDraws
+from activevlm.models.head import ProjectionHead
 from activevlm.utils.tensors import to_tensor
 
 
@@ -65,3 +67,14 @@ def score_pool(
             out[i:j] = scores.double().cpu().numpy()
             bar.advance(task, j - i)
     return out
+
+
+def map_probs(pool, head: ProjectionHead, rows: np.ndarray,
+              chunk_size: int = 8192) -> np.ndarray:
+    """Class probabilities ``[len(rows), C]`` of the deterministic ``head`` through its link
+    (softmax, or normalised sigmoids for SigLIP), read ``chunk_size`` rows at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    text = head.text_embeddings(torch.from_numpy(np.asarray(pool.text_activations)))
+    out = [head.probs(pool.image_embeddings(rows[i:i + chunk_size], head), text)
+           for i in range(0, len(rows), chunk_size)]
+    return torch.cat(out).numpy() if out else np.empty((0, len(pool.classnames)))

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from activevlm.acquisition.batch import select_batch
 from activevlm.acquisition.epig import epig_scores
 from activevlm.acquisition.heuristics import Heuristic, get_heuristic
 from activevlm.acquisition.options import (
@@ -34,9 +33,11 @@ from activevlm.acquisition.options import (
     TARGETED,
     UNTARGETED,
     BatchOptions,
+    BatchRule,
     StrategySpec,
     resolve_targeting,
 )
+from activevlm.acquisition.rules import RULES, BatchInputs
 from activevlm.acquisition.scoring import score_pool
 from activevlm.bayes.draws import JointDraws
 from activevlm.index import EmbeddingIndex, nearest_unique
@@ -54,7 +55,9 @@ class SelectionProblem:
     EPIG's target distribution. ``failure_prob [N]``: ViLU failure probabilities of all pool
     rows. ``index()``: the FAISS index of the pool's image embeddings under ``head`` (built
     or loaded by the caller, on first need). ``n_draws``: joint posterior draws K;
-    ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``).
+    ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``). ``labelled``: pool
+    rows already labelled or queued (coverage rules count them as covered). ``device``:
+    where the greedy rules run ("auto": CUDA when present).
     """
 
     pool: Any
@@ -69,6 +72,8 @@ class SelectionProblem:
     n_draws: int = 100
     chunk_size: int = 2048
     epig_top_classes: int | None = None
+    labelled: np.ndarray | None = None
+    device: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -119,31 +124,29 @@ class Strategy:
         """Whether :meth:`select` reads the target set."""
         return self.spec.heuristic == "epig" or self.targeted
 
+    @property
+    def rule(self) -> BatchRule:
+        """The batch rule: the strategy's own (coverage) or the one asked for."""
+        return self.spec.rule or self.batch.rule
+
     def select(self, problem: SelectionProblem, budget: int, seed: int) -> Selection:
         """Up to ``budget`` pool rows from ``problem.candidates`` (fewer only when they run
         out); the same problem and seed give the same rows."""
         self._check(problem)
         candidates = self.candidates(problem, budget)
-        scores = self.score(problem, candidates, seed)
-        n = len(problem.pool.items)
-        full = np.zeros(n)
-        full[candidates] = scores
-        excluded = np.ones(n, dtype=bool)
-        excluded[candidates] = False
-        b = self.batch
-        index = problem.index() if b.uses_index else None
-        predicted = map_probs(problem.pool, problem.head, np.arange(n)).argmax(1) \
-            if b.class_balanced else None
-        rows = select_batch(
-            full, budget, strategy=b.rule.value, seed=seed, beta=b.beta,
-            mode=b.weighting.value, exclude=excluded, predicted_class=predicted,
-            balance_within=None if b.balance_within is None else
-            int(np.ceil(b.balance_within * budget)),
-            index=index, min_similarity=b.dedup_similarity, prefilter=b.prefilter)
-        return Selection(rows, full[rows], candidates, scores)
+        scores = self.score(problem, candidates, seed) if self.rule.reads_scores else None
+        rows = RULES[self.rule](BatchInputs(problem, candidates, scores, self.spec.heuristic,
+                                            budget, seed, self.batch))
+        if scores is None:
+            scores = np.full(len(candidates), np.nan)
+        by_row = dict(zip(candidates.tolist(), scores.tolist(), strict=True))
+        return Selection(rows, np.array([by_row[r] for r in rows.tolist()], dtype=float),
+                         candidates, scores)
 
     def _check(self, problem: SelectionProblem) -> None:
         spec = self.spec
+        if self.rule.conditions and problem.posterior is None:
+            raise ValueError(f"batch rule {self.rule.value!r} needs a posterior")
         if spec.bayesian and problem.posterior is None:
             raise ValueError(f"strategy {self.name!r} needs a posterior")
         if spec.failure and problem.failure_prob is None:
@@ -199,22 +202,24 @@ def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
                   batch: BatchOptions | None = None, neighbourhood: float = 10.0) -> Strategy:
     """The :class:`Strategy` a name means (targeting: :func:`resolve_targeting`)."""
     base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted)
+    batch = batch or BatchOptions()
+    spec = STRATEGIES[base]
+    if spec.rule is not None and batch.rule is not BatchRule.TOPK:
+        raise ValueError(f"strategy {base!r} is its own batch rule; leave the batch rule at "
+                         f"'topk', not {batch.rule.value!r}")
+    if batch.rule.conditions and spec.heuristic not in ("epig", "bald"):
+        raise ValueError(f"batch rule {batch.rule.value!r} conditions the posterior on its "
+                         f"picks: it needs strategy epig or bald, not {base!r}")
+    rule = spec.rule or batch.rule
+    if not rule.orders_scores and (batch.class_balanced or batch.dedup_similarity is not None):
+        raise ValueError(f"class balance and dedup walk a score order; batch rule "
+                         f"{rule.value!r} does not")
     if neighbourhood < 1:
         raise ValueError(f"neighbourhood must be >= 1 (a multiple of the budget), got "
                          f"{neighbourhood}")
-    return Strategy(base, targeted, batch or BatchOptions(), neighbourhood)
+    return Strategy(base, targeted, batch, neighbourhood)
 
 
 def with_batch(strategy: Strategy, **options: Any) -> Strategy:
     """``strategy`` with other batch options (``dataclasses.replace`` on both levels)."""
     return replace(strategy, batch=replace(strategy.batch, **options))
-
-
-def map_probs(pool, head: ProjectionHead, rows: np.ndarray, chunk_size: int = 8192) -> np.ndarray:
-    """Class probabilities ``[len(rows), C]`` of the deterministic ``head`` through its link
-    (softmax, or normalised sigmoids for SigLIP), read ``chunk_size`` rows at a time."""
-    rows = np.asarray(rows, dtype=np.int64)
-    text = head.text_embeddings(torch.from_numpy(np.asarray(pool.text_activations)))
-    out = [head.probs(pool.image_embeddings(rows[i:i + chunk_size], head), text)
-           for i in range(0, len(rows), chunk_size)]
-    return torch.cat(out).numpy() if out else np.empty((0, len(pool.classnames)))

@@ -24,7 +24,8 @@ class SelectConfig:
     ``pool_split``: which items may be queued (None = all). ``n_draws``: joint posterior
     draws K. ``batch``: the batch rule and its options (:class:`BatchOptions`).
     ``epig_top_classes``: EPIG over each input's top classes plus "other" (a lower bound,
-    ``(C / (c + 1))²`` times cheaper).
+    ``(C / (c + 1))²`` times cheaper). ``device``: where the greedy batch rules run ("auto":
+    CUDA when present).
     """
 
     budget: int = 500
@@ -40,6 +41,7 @@ class SelectConfig:
     chunk_size: int = 2048
     epig_top_classes: int | None = None
     neighbourhood: float = 10.0
+    device: str = "auto"
 
     _constraints = {
         "budget": [Interval(1, None, integer=True)],
@@ -55,6 +57,7 @@ class SelectConfig:
         "chunk_size": [Interval(1, None, integer=True)],
         "epig_top_classes": [None, Interval(1, None, integer=True)],
         "neighbourhood": [Interval(1, None)],
+        "device": [str],
     }
 
     def __post_init__(self) -> None:

@@ -13,12 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from activevlm.acquisition.strategy import (
-    SelectionProblem,
-    Strategy,
-    make_strategy,
-    map_probs,
-)
+from activevlm.acquisition import SelectionProblem, Strategy, make_strategy, map_probs
 from activevlm.index import EmbeddingIndex, StaleIndexError
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.config import SelectConfig
@@ -109,8 +104,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     # candidates: the unlabelled, unqueued, unskipped items of the pool split
     excluded = state.excluded()
     ids = pool.items["sample_id"].to_numpy()
+    done = np.isin(ids, list(excluded))
     candidates = pool.indices(split=config.pool_split)
-    candidates = candidates[~np.isin(ids[candidates], list(excluded))]
+    candidates = candidates[~done[candidates]]
     if len(candidates) == 0:
         raise ValueError(f"pool {pool.path}: no unlabelled, unqueued items left in split "
                          f"{config.pool_split!r}")
@@ -123,7 +119,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         failure_prob=failure_prob,
         index=lambda: pool_index(pool, head, state.dir.index, progress),
         n_draws=config.n_draws, chunk_size=config.chunk_size,
-        epig_top_classes=config.epig_top_classes, progress=progress)
+        epig_top_classes=config.epig_top_classes, labelled=np.flatnonzero(done),
+        device=config.device, progress=progress)
 
     selection = strategy.select(problem, config.budget, round_seed)
 
