@@ -10,8 +10,10 @@ from activevlm.utils.lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["balance_by_class", "rank_diverse", "rank_stochastic", "rank_topk",
                      "select_batch", "take_without_duplicates"], "batch"),
+    **dict.fromkeys(["PathwiseConditioning", "Pick", "curvature_scale"], "conditioning"),
     "entropy": "entropy",
     "epig_scores": "epig",
+    **dict.fromkeys(["GreedyBatch", "greedy_batch"], "greedy"),
     **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
                     "heuristics"),
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
