@@ -123,7 +123,7 @@ class PathwiseConditioning:
         self.act = aug.to(torch.float64)
         self.curvature = post.pseudo_count * curvature_scale(
             posterior, text_act, a, residual, loss=loss).to(dev)
-        self.a_tilde_inv = post.A_tilde_inv.to(device=dev, dtype=torch.float64)
+        self.a_tilde_inv = post.A_tilde_inv.to(device=dev, dtype=torch.float64).clone()
         self.picks: list[Pick] = []
 
     @property
