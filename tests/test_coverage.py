@@ -94,7 +94,7 @@ def test_typical_representatives_are_typiclust_first_visits():
     x = blobs(seed=5)
     labels = kmeans_labels(x, 8, seed=0)
     labelled = [int(np.flatnonzero(labels == 0)[0])]
-    reps = typical_representatives(x, 8, labelled=labelled, clusters=labels)
+    reps = typical_representatives(x, labelled=labelled, clusters=labels, min_cluster_size=0)
     assert len(reps) == 7 and 0 not in labels[reps]
     assert len(set(labels[reps].tolist())) == 7
     for r in reps:

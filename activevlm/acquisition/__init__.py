@@ -18,6 +18,7 @@ _EXPORTS = {
     **dict.fromkeys(["GreedyBatch", "greedy_batch"], "greedy"),
     **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
                     "heuristics"),
+    "typical_greedy": "hybrid",
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
                      "parse_strategy", "resolve_targeting"], "options"),
     "score_pool": "scoring",

@@ -146,24 +146,29 @@ def typiclust(
 
 def typical_representatives(
     embeddings,
-    n_clusters: int,
     *,
-    labelled: Exclude = None,
+    n_clusters: int | None = None,
     clusters=None,
+    labelled: Exclude = None,
     k_neighbours: int = 20,
+    min_cluster_size: int = 5,
     seed: int = 0,
 ) -> np.ndarray:
-    """The most typical unlabelled row of every cluster that holds no labelled row, largest
-    cluster first: ``[<= n_clusters]`` int64 rows (TypiClust's first visit of each such
-    cluster, small clusters included). ``clusters`` default: k-means with ``n_clusters``."""
+    """The most typical row of every cluster that holds no labelled row and more than
+    ``min_cluster_size`` rows, largest cluster first: ``[<= n_clusters]`` int64 rows
+    (TypiClust's first visit of each such cluster). ``clusters [N]``: cluster ids, or None
+    for k-means with ``n_clusters`` clusters and ``seed``."""
     x = unit_rows(embeddings)
     lab = exclusion_mask(len(x), labelled)
+    if clusters is None and n_clusters is None:
+        raise ValueError("typical_representatives needs clusters or n_clusters")
     labels = (kmeans_labels(x, n_clusters, seed=seed) if clusters is None
               else np.asarray(clusters, dtype=np.int64))
+    sizes = np.bincount(labels)
     order = cluster_visit_order(labels, lab, 0)
-    taken = np.bincount(labels[lab], minlength=labels.max() + 1)
+    has_labelled = np.bincount(labels[lab], minlength=len(sizes)) > 0
     reps = []
-    for c in order[taken[order] == 0]:
+    for c in order[~has_labelled[order] & (sizes[order] > min_cluster_size)]:
         members = np.flatnonzero(labels == c)
         reps.append(int(members[np.argmax(typicality(x[members], k_neighbours))]))
     return np.asarray(reps, dtype=np.int64)
