@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from activevlm.acquisition import (
     kmeans_labels,
@@ -141,9 +142,10 @@ def test_probcover_fills_at_random_once_everything_is_covered():
     np.testing.assert_array_equal(a, probcover(x, 15, delta=1.9, seed=1))
 
 
-def test_probcover_delta_is_the_largest_alpha_pure_radius():
+@pytest.mark.parametrize("alpha", [0.8, 0.9, 0.95])
+def test_probcover_delta_is_the_largest_alpha_pure_radius(alpha):
+    """Brute-force purity (balls by definition): pure enough at δ, not at any larger radius."""
     x = blobs(seed=8)
-    alpha = 0.9
     delta = probcover_delta(x, 5, alpha=alpha, seed=0)
     pseudo = kmeans_labels(x, 5, seed=0)
     d = dist(x)
