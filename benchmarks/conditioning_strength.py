@@ -16,7 +16,8 @@ import argparse
 import numpy as np
 import torch
 
-from activevlm.acquisition import JointDraws, PathwiseConditioning, greedy_batch, score_pool
+from activevlm.acquisition import PathwiseConditioning, greedy_batch, score_pool
+from activevlm.bayes import JointDraws
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.pool import open_pool
 

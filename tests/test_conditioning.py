@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from activevlm.acquisition import JointDraws, PathwiseConditioning, curvature_scale
+from activevlm.acquisition import PathwiseConditioning, curvature_scale
+from activevlm.bayes import JointDraws
 from activevlm.bayes.kfac import ggn_sum
 from tests.posterior_toy import toy_posterior
 

@@ -9,12 +9,12 @@ import torch
 from scipy.stats import spearmanr
 
 from activevlm.acquisition import (
-    JointDraws,
     PathwiseConditioning,
     epig_scores,
     get_heuristic,
     greedy_batch,
 )
+from activevlm.bayes import JointDraws
 from tests.posterior_toy import toy_posterior
 from tests.test_conditioning import brute_gamma
 

@@ -15,24 +15,21 @@ With few labels (tens), representative points beat uncertain ones (Hacohen et al
   uniform at random (seeded). δ: given, or the label-free purity rule with k-means
   pseudo-labels (:func:`probcover_delta`).
 
-Both run on an :class:`~activevlm.index.EmbeddingIndex` (faiss is an optional extra, imported
-when an index is built here). Costs: k-means ``O(N·k·D)`` per iteration; ProbCover's graph
-``O(N²·D)`` with the exact index (pass a candidate subset for large pools) and memory linear
-in the number of edges, which δ keeps small (purity 0.95 means small balls).
+Both run on exact :class:`~activevlm.index.EmbeddingIndex` searches (FAISS). Costs: k-means
+``O(N·k·D)`` per iteration; ProbCover's graph ``O(N²·D)`` with the exact index (pass a
+candidate subset for large pools) and memory linear in the number of edges, which δ keeps
+small (purity 0.95 means small balls).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from activevlm.acquisition.exclusion import Exclude, exclusion_mask
-
-if TYPE_CHECKING:
-    from activevlm.index import EmbeddingIndex
+from activevlm.index.embedding_index import EmbeddingIndex
+from activevlm.index.exclusion import Exclude, exclusion_mask
 
 MAX_KMEANS_FULL = 50  # more clusters: MiniBatchKMeans (as the TypiClust authors do)
 
@@ -50,8 +47,6 @@ def unit_rows(embeddings) -> np.ndarray:
 
 def build_index(x: np.ndarray) -> EmbeddingIndex:
     """An exact (flat) CPU index over the unit rows ``x``."""
-    from activevlm.index import EmbeddingIndex
-
     return EmbeddingIndex.build(x, ivf_threshold=len(x) + 1, use_gpu=False, progress=False)
 
 

@@ -5,8 +5,10 @@ Why this hybrid. Three measured or known failure modes pull in different directi
 - Top-k EPIG spends a batch on near-copies (PACS: mean pairwise cosine 0.95 of the picks).
   Greedy conditioning removes a copy only as far as one label moves the posterior, by the
   factor ``1/(1 + c·v)`` on the pick's own variance; on KFAC posteriors fitted on thousands of
-  samples ``c·v`` is ~1e-2 (``benchmarks/acquisition.py``), so greedy batches there stay close
-  to top-k. Diversity has to come from the geometry as well.
+  samples ``c·v`` is small (demo world, 3200 source images, clipart: median 1.5e-3, at most
+  0.02; a greedy batch of 25 shares 24 picks with top-25, ``benchmarks/conditioning_strength
+  .py``), so greedy batches there stay close to top-k. Diversity has to come from the
+  geometry as well.
 - EPIG and BALD favour atypical inputs (large ``v(a) = ãᵀÃ⁻¹ã``: outliers), which are poor
   labels while labels are few; TypiClust's typical points win in that regime (Hacohen et al.,
   2022).
@@ -33,8 +35,8 @@ import numpy as np
 import torch
 
 from activevlm.acquisition.coverage import kmeans_labels, typical_representatives, unit_rows
-from activevlm.acquisition.exclusion import Exclude, exclusion_mask
 from activevlm.acquisition.greedy import GreedyBatch, greedy_batch
+from activevlm.index.exclusion import Exclude, exclusion_mask
 
 
 def typical_greedy(
