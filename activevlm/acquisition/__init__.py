@@ -8,12 +8,17 @@ Names load on first use (:mod:`activevlm.utils.lazy`), so the option types of
 from activevlm.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    **dict.fromkeys(["kmeans_labels", "probcover", "probcover_delta", "typical_representatives",
+                     "typicality", "typiclust"], "coverage"),
     **dict.fromkeys(["balance_by_class", "rank_diverse", "rank_stochastic", "rank_topk",
                      "select_batch", "take_without_duplicates"], "batch"),
+    **dict.fromkeys(["PathwiseConditioning", "Pick", "curvature_scale"], "conditioning"),
     "entropy": "entropy",
     "epig_scores": "epig",
+    **dict.fromkeys(["GreedyBatch", "greedy_batch"], "greedy"),
     **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
                     "heuristics"),
+    "typical_greedy": "hybrid",
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
                      "parse_strategy", "resolve_targeting"], "options"),
     **dict.fromkeys(["map_probs", "score_pool"], "scoring"),

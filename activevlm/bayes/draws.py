@@ -139,14 +139,26 @@ class JointDraws:
         d_img = self.image_weight.shape[2] - int(self.image_bias_column)
         check_shape(a, "activations", ("n", d_img))
         a = augment(a, self.image_bias_column)
-        g = torch.matmul(self.image_weight, a.T)  # [K, D, n]
+        g = torch.matmul(self.image_weight, a.T).transpose(1, 2)  # [K, n, D], one matmul
         if residual is not None:
-            g = g + to_tensor(residual, self.device, self.dtype).T
-        g = F.normalize(g, dim=1)
-        out = self.logit_scale * torch.matmul(self.text_embeddings, g).transpose(1, 2)
+            g = g + to_tensor(residual, self.device, self.dtype)
+        return self.logits_from_embeddings(g)
+
+    def logits_from_embeddings(self, g: torch.Tensor) -> torch.Tensor:
+        """Logits ``[K, n, C]`` of per-draw unnormalised image embeddings ``g [K, n, D]``
+        (e.g. embeddings updated by label-free conditioning) against the draws' classes."""
+        if g.ndim != 3 or g.shape[0] != self.num_draws or g.shape[2] != self.image_weight.shape[1]:
+            raise ValueError(f"embeddings must be [K={self.num_draws}, n, "
+                             f"D={self.image_weight.shape[1]}], got {list(g.shape)}")
+        out = self.logit_scale * torch.matmul(F.normalize(g, dim=2),
+                                              self.text_embeddings.transpose(1, 2))
         if self.logit_bias is not None:
             out = out + self.logit_bias
         return out
+
+    def probs_from_embeddings(self, g: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[K, n, C]`` of embeddings ``g [K, n, D]`` (see :meth:`probs`)."""
+        return link_probs(self.logits_from_embeddings(g), link_for(self))
 
     def probs(self, act, residual=None) -> torch.Tensor:
         """Class probabilities per draw ``[K, n, C]``: softmax, or normalised sigmoids for
