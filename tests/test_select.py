@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from activevlm.acquisition import BatchOptions, Strategy
+from activevlm.acquisition import BatchOptions, Strategy, make_strategy, probcover, typiclust
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.cli.main import app
 from activevlm.runs import RunState, SelectConfig
@@ -168,7 +168,7 @@ def test_diverse_batch_is_one_item_per_cluster_of_the_best_candidates(pool, tmp_
     assert set(result.queue["sample_id"]) <= set(shortlist)
     assert result.queue["sample_id"].tolist() != shortlist[:6]  # not simply the top-k
     with pytest.raises(ValueError, match="BatchOptions.rule must be one of 'topk', 'stochastic'"):
-        BatchOptions(rule="greedy")
+        BatchOptions(rule="magic")
 
 
 def test_interrupted_round_leaves_state_and_is_reproduced(pool, posterior, tmp_path,
@@ -274,3 +274,49 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
     out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
     assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
+
+
+def test_greedy_rule_picks_within_the_prefiltered_best(pool, posterior, tmp_path):
+    config = SelectConfig(budget=5, strategy="epig", target_domain="sketch", n_draws=10,
+                          batch=BatchOptions(rule="greedy", prefilter=2))
+    result = select_round(pool, new_state(pool, tmp_path / "a"), config, posterior=posterior,
+                          progress=False)
+    again = select_round(pool, new_state(pool, tmp_path / "b"), config, posterior=posterior,
+                         progress=False)
+    assert result.queue["sample_id"].tolist() == again.queue["sample_id"].tolist()
+    scores = pd.read_parquet(result.paths["scores"]).set_index("sample_id")["score"]
+    shortlist = scores.sort_values(ascending=False, kind="stable").index[:10]
+    assert len(result.queue) == 5 and set(result.queue["sample_id"]) <= set(shortlist)
+
+
+@pytest.mark.parametrize("strategy", ["typiclust", "probcover"])
+def test_coverage_strategies_cover_what_the_labels_do_not(pool, tmp_path, strategy):
+    """Through select_round, a coverage strategy equals its function on the embeddings of the
+    candidates and the already queued rows (which count as covered)."""
+    state = new_state(pool, tmp_path / "run")
+    config = SelectConfig(budget=4, strategy=strategy, seed=2)
+    first = select_round(pool, state, config, progress=False)
+    second = select_round(pool, state, config, progress=False)
+    ids = pool.items["sample_id"].to_numpy()
+    queued = np.flatnonzero(np.isin(ids, first.queue["sample_id"]))
+    train = pool.indices(split="train")
+    rows = np.union1d(train, queued)
+    labelled = np.isin(rows, queued)
+    emb = pool.image_embeddings(rows).numpy()
+    rng = np.random.default_rng([config.seed, 1])
+    seed = int(rng.integers(2**31))
+    options = {"n_classes": len(pool.classnames)} if strategy == "probcover" else {}
+    fn = probcover if strategy == "probcover" else typiclust
+    expected = rows[fn(emb, 4, labelled=labelled, seed=seed, **options)]
+    assert second.queue["sample_id"].tolist() == ids[expected].tolist()
+    assert not set(second.queue["sample_id"]) & set(first.queue["sample_id"])
+
+
+def test_batch_rules_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="needs strategy epig or bald, not 'entropy'"):
+        SelectConfig(strategy="entropy", batch=BatchOptions(rule="greedy"))
+    with pytest.raises(ValueError, match="'typiclust' is its own batch rule"):
+        make_strategy("typiclust", has_target=False, batch=BatchOptions(rule="diverse"))
+    with pytest.raises(ValueError, match="class balance and dedup walk a score order"):
+        make_strategy("epig", has_target=True,
+                      batch=BatchOptions(rule="greedy", class_balanced=True))

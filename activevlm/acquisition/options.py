@@ -138,3 +138,20 @@ def resolve_targeting(name: str, *, has_target: bool,
     if targeted is None:
         targeted = suffix
     return base, has_target if targeted is None else bool(targeted)
+
+
+def check_composition(name: str, batch: BatchOptions) -> None:
+    """Refuse a strategy and batch options that do not compose, naming both."""
+    base, _ = parse_strategy(name)
+    spec = STRATEGIES[base]
+    if spec.rule is not None and batch.rule is not BatchRule.TOPK:
+        raise ValueError(f"strategy {base!r} is its own batch rule; leave the batch rule at "
+                         f"'topk', not {batch.rule.value!r}")
+    if batch.rule.conditions and spec.heuristic not in ("epig", "bald"):
+        raise ValueError(f"batch rule {batch.rule.value!r} conditions the posterior on its "
+                         f"picks: it needs strategy epig or bald, not {base!r}")
+    rule = spec.rule or batch.rule
+    if not rule.orders_scores and (batch.class_balanced or batch.dedup_similarity is not None):
+        raise ValueError(f"class balance and dedup walk a score order; batch rule "
+                         f"{rule.value!r} does not")
+

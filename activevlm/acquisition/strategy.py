@@ -35,6 +35,7 @@ from activevlm.acquisition.options import (
     BatchOptions,
     BatchRule,
     StrategySpec,
+    check_composition,
     resolve_targeting,
 )
 from activevlm.acquisition.rules import RULES, BatchInputs
@@ -203,17 +204,7 @@ def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
     """The :class:`Strategy` a name means (targeting: :func:`resolve_targeting`)."""
     base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted)
     batch = batch or BatchOptions()
-    spec = STRATEGIES[base]
-    if spec.rule is not None and batch.rule is not BatchRule.TOPK:
-        raise ValueError(f"strategy {base!r} is its own batch rule; leave the batch rule at "
-                         f"'topk', not {batch.rule.value!r}")
-    if batch.rule.conditions and spec.heuristic not in ("epig", "bald"):
-        raise ValueError(f"batch rule {batch.rule.value!r} conditions the posterior on its "
-                         f"picks: it needs strategy epig or bald, not {base!r}")
-    rule = spec.rule or batch.rule
-    if not rule.orders_scores and (batch.class_balanced or batch.dedup_similarity is not None):
-        raise ValueError(f"class balance and dedup walk a score order; batch rule "
-                         f"{rule.value!r} does not")
+    check_composition(base, batch)
     if neighbourhood < 1:
         raise ValueError(f"neighbourhood must be >= 1 (a multiple of the budget), got "
                          f"{neighbourhood}")

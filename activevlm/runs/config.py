@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from activevlm.acquisition.options import BatchOptions, parse_strategy, resolve_targeting
+from activevlm.acquisition.options import BatchOptions, check_composition, resolve_targeting
 from activevlm.utils.constraints import Interval, check_constraints
 
 
@@ -62,7 +62,7 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         check_constraints(self)
-        parse_strategy(self.strategy)
+        check_composition(self.strategy, self.batch)
 
     def resolve(self, has_target: bool) -> tuple[str, bool]:
         """``(strategy base name, targeted)`` these options mean with or without a target
