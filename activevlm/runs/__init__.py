@@ -9,7 +9,8 @@ from activevlm.utils.lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["AdaptResult", "adapt_run", "labelled_rows"], "adapt"),
     "SelectConfig": "config",
-    **dict.fromkeys(["LabelImport", "import_labels", "read_label_file"], "labels"),
+    **dict.fromkeys(["Annotation", "LabelImport", "import_labels", "majority_labels",
+                     "read_annotations"], "labels"),
     "write_queue": "queue",
     **dict.fromkeys(["RunDir", "base_posterior", "load_posterior", "resolve_posterior",
                      "run_posterior", "save_posterior"], "rundir"),
