@@ -15,52 +15,30 @@ The names are thin re-exports of the library functions, imported on first use so
 ``import activevlm`` stays cheap (no torch until a name needs it).
 """
 
-from __future__ import annotations
-
-import importlib
+from activevlm.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> the module (below activevlm) that defines it
 _EXPORTS = {
     # pools and data
-    "demo_pool": "activevlm.demo.pool",
-    "open_pool": "activevlm.pool",
-    "embed_dataset": "activevlm.pool",
-    "load_dataset": "activevlm.data",
-    "load_vlm": "activevlm.models",
+    "demo_pool": "demo.pool",
+    **dict.fromkeys(["open_pool", "embed_dataset"], "pool"),
+    "load_dataset": "data",
+    "load_vlm": "models",
     # posterior
-    "fit_pool_posterior": "activevlm.bayes.from_pool",
-    "BayesVLMPosterior": "activevlm.bayes.posterior",
-    # selection and labels
-    "RunState": "activevlm.runs",
-    "SelectConfig": "activevlm.runs.select",
-    "select_round": "activevlm.runs.select",
-    "run_select": "activevlm.runs.session",
-    "LabelStudioOptions": "activevlm.runs.queue",
-    "import_labels": "activevlm.runs",
-    # fine-tuning, evaluation, experiments
-    "adapt_run": "activevlm.loop",
-    "finetune_head": "activevlm.finetune",
-    "FinetuneConfig": "activevlm.finetune",
-    "RefitConfig": "activevlm.finetune",
-    "evaluate_zeroshot": "activevlm.evaluation",
-    "evaluate_model": "activevlm.loop",
-    "LoopConfig": "activevlm.loop",
-    "run_loop": "activevlm.loop",
-    "plot_results": "activevlm.bench",
+    "fit_pool_posterior": "bayes.from_pool",
+    "BayesVLMPosterior": "bayes.posterior",
+    # selection, labels, fine-tuning a run
+    **dict.fromkeys(["RunState", "SelectConfig", "select_round", "run_select",
+                     "LabelStudioOptions", "import_labels", "adapt_run"], "runs"),
+    "make_strategy": "acquisition",
+    **dict.fromkeys(["finetune_head", "FinetuneConfig", "RefitConfig"], "finetune"),
+    # evaluation and experiments
+    "evaluate_zeroshot": "evaluation",
+    **dict.fromkeys(["evaluate_model", "LoopConfig", "run_loop"], "loop"),
+    "plot_results": "bench",
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'activevlm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,7 +21,7 @@ def test_import_is_cheap():
 
 @pytest.mark.parametrize("name", [n for n in avl.__all__ if n != "__version__"])
 def test_every_name_is_the_library_object(name):
-    module = importlib.import_module(avl._EXPORTS[name])
+    module = importlib.import_module(f"activevlm.{avl._EXPORTS[name]}")
     assert getattr(avl, name) is getattr(module, name)
     assert name in dir(avl)
 

@@ -165,8 +165,8 @@ def test_plot_reads_loop_output_and_titles_say_what_was_measured(tmp_path):
 
     root = tmp_path / "loop"
     toy = toy_pool(tmp_path / "pool", domains=("photo", "sketch"), per=6)
-    config = LoopConfig.from_dict({"strategy": "random", "rounds": 1, "budget": 4,
-                                   "target_domain": "sketch", "finetune": {"max_epochs": 2}})
+    config = LoopConfig.from_dict({"rounds": 1, "finetune": {"max_epochs": 2}, "select": {
+        "strategy": "random", "budget": 4, "target_domain": "sketch"}})
     for seed in (0, 1):
         run_loop(toy, config, root / f"seed{seed}", seed, progress=False, log=lambda *a: None)
     table = load_results(root)

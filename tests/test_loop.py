@@ -197,7 +197,7 @@ def test_human_in_the_loop_round_trip_through_the_cli(pool, tmp_path):
     for strategy, round_dir in (("entropy", "round_001"), ("bald", "round_002")):
         again = runner.invoke(app, ["select", "--pool", str(pool.path), "--run", str(run),
                                     "--strategy", strategy, "--budget", "6", "--draws", "8",
-                                    "--no-progress"])
+                                    "--no-progress", "--force"])  # round 1 stays unlabelled
         assert again.exit_code == 0, again.output
         assert "fine-tuned head" in again.output
         q = pd.read_parquet(run / round_dir / "queue.parquet")

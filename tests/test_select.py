@@ -277,4 +277,4 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
     out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
-    assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
+    assert out.exit_code == 1 and "unicorn" in out.output and "Traceback" not in out.output

@@ -102,7 +102,7 @@ def _loop_folder(folder: Path) -> pd.DataFrame:
                            (run / "metrics.jsonl").read_text().splitlines() if line])
         loop = json.loads((run / "loop.json").read_text()) if (run / "loop.json").is_file() \
             else {}
-        target = (loop.get("config") or {}).get("target_domain")
+        target = ((loop.get("config") or {}).get("select") or {}).get("target_domain")
         split = (loop.get("config") or {}).get("test_split", "test")
         dataset = "loop"
         if (run / "state.json").is_file():

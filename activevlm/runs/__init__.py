@@ -11,12 +11,13 @@ _EXPORTS = {
     "SelectConfig": "config",
     **dict.fromkeys(["Annotation", "LabelImport", "import_labels", "majority_labels",
                      "read_annotations"], "labels"),
-    "write_queue": "queue",
+    **dict.fromkeys(["LabelStudioOptions", "write_queue"], "queue"),
     **dict.fromkeys(["RunDir", "base_posterior", "load_posterior", "resolve_posterior",
                      "run_posterior", "save_posterior"], "rundir"),
     **dict.fromkeys(["SelectionResult", "head_fingerprint", "pool_index", "select_round",
                      "target_points"], "select"),
-    **dict.fromkeys(["DEMO_TARGET_DOMAIN", "default_fit_domains", "run_select"], "session"),
+    **dict.fromkeys(["DEMO_TARGET_DOMAIN", "PendingItemsError", "default_fit_domains",
+                     "run_select"], "session"),
     "RunState": "state",
 }
 __all__ = sorted(_EXPORTS)
