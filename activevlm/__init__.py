@@ -15,7 +15,7 @@ The names are thin re-exports of the library functions, imported on first use so
 ``import activevlm`` stays cheap (no torch until a name needs it).
 """
 
-from activevlm.utils.lazy import lazy_exports
+import importlib
 
 __version__ = "0.1.0"
 
@@ -41,4 +41,15 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+# Like activevlm.utils.lazy.lazy_exports, written out: the root package imports no module of
+# its own (tests/test_layers.py keeps it below every layer; the names are looked up on use).
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'activevlm' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"activevlm.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
