@@ -16,3 +16,6 @@ fi
 # wheel); bytecode is compiled at install because PYTHONDONTWRITEBYTECODE may be set.
 "${UV[@]}" pip install --quiet --python .venv/bin/python --compile-bytecode \
     -c requirements/constraints.txt -e ".[cpu,dev]"
+# Label Studio for the end-to-end labelling test, in its own environment (never fatal here).
+bash scripts/setup_labelstudio.sh \
+    || echo "warning: Label Studio could not be installed; its end-to-end test will skip" >&2

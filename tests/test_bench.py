@@ -157,3 +157,42 @@ def test_shipped_configs_parse(path):
     cfg = load_grid_config(path)
     for ds in cfg["datasets"]:
         LoopConfig.from_dict({**(cfg.get("loop") or {}), **(ds.get("loop") or {})})
+
+
+def test_plot_reads_loop_output_and_titles_say_what_was_measured(tmp_path):
+    from activevlm.bench.plot import _title, load_results
+    from activevlm.loop import read_metrics, run_loop
+
+    root = tmp_path / "loop"
+    toy = toy_pool(tmp_path / "pool", domains=("photo", "sketch"), per=6)
+    config = LoopConfig.from_dict({"rounds": 1, "finetune": {"max_epochs": 2}, "select": {
+        "strategy": "random", "budget": 4, "target_domain": "sketch"}})
+    for seed in (0, 1):
+        run_loop(toy, config, root / f"seed{seed}", seed, progress=False, log=lambda *a: None)
+    table = load_results(root)
+    expected = pd.concat([read_metrics(root / f"seed{s}") for s in (0, 1)], ignore_index=True)
+    pd.testing.assert_frame_equal(table[expected.columns], expected)
+    assert set(table["target"]) == {"sketch"} and set(table["split"]) == {"test"}
+    assert set(table["dataset"]) == {toy.manifest["dataset"]["name"]}
+    assert load_results(root / "seed0" / "metrics.jsonl")["seed"].unique().tolist() == [0]
+    title = _title(table, "toy", "sketch")
+    n = int(table["n_test"].iloc[0])
+    assert title == f"toy, target sketch: test split, n={n}; mean ± se over 2 seeds"
+
+    res = CliRunner().invoke(app, ["plot", str(root)])
+    assert res.exit_code == 0, res.output
+    import matplotlib.image
+
+    name = f"{toy.manifest['dataset']['name']}_sketch"
+    for kind in ("accuracy", "ece"):  # deterministic and Bayesian panels side by side
+        assert matplotlib.image.imread(root / f"{kind}_{name}.png").shape[:2] == (480, 1200)
+
+    bad = tmp_path / "results.csv"
+    bad.write_text("a,b\n1,2\n")
+    res = CliRunner().invoke(app, ["plot", str(bad)])
+    assert res.exit_code == 1 and "not benchmark or loop results" in " ".join(res.output.split())
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    res = CliRunner().invoke(app, ["plot", str(broken)])
+    assert res.exit_code == 1 and "cannot read results" in " ".join(res.output.split())
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -129,3 +129,12 @@ def test_predictive_variance_confidence_uses_predicted_class():
     assert set(conf) == {"msp", "entropy", "doctor", "bayesvlm_variance"}
     np.testing.assert_allclose(conf["bayesvlm_variance"], [-2.0, -4.0])
     assert set(baseline_confidences(p)) == {"msp", "entropy", "doctor"}
+
+
+def test_oracle_risk_coverage_is_the_closed_form():
+    """The risk–coverage plot's oracle: all failures ranked last, risk(k) = max(0, k − c)/k."""
+    y = np.random.default_rng(3).random(50) < 0.6
+    coverage, risk = risk_coverage_curve(y, y.astype(float))
+    k, c = np.arange(1, 51), y.sum()
+    np.testing.assert_allclose(coverage, k / 50)
+    np.testing.assert_allclose(risk, np.maximum(0, k - c) / k, atol=1e-12)

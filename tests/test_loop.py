@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.cli.main import app
-from activevlm.loop import LoopConfig, read_metrics, run_loop
+from activevlm.loop import LoopConfig, answer_queue, read_metrics, run_loop
 from activevlm.loop import simulate as simulate_module
 from activevlm.loop.failure import failure_probabilities, msp_failure
 from activevlm.models.head import ProjectionHead
@@ -197,7 +197,7 @@ def test_human_in_the_loop_round_trip_through_the_cli(pool, tmp_path):
     for strategy, round_dir in (("entropy", "round_001"), ("bald", "round_002")):
         again = runner.invoke(app, ["select", "--pool", str(pool.path), "--run", str(run),
                                     "--strategy", strategy, "--budget", "6", "--draws", "8",
-                                    "--no-progress"])
+                                    "--no-progress", "--force"])  # round 1 stays unlabelled
         assert again.exit_code == 0, again.output
         assert "fine-tuned head" in again.output
         q = pd.read_parquet(run / round_dir / "queue.parquet")
@@ -264,3 +264,17 @@ def test_failure_probabilities_use_msp_with_a_single_wrong_prediction(pool):
                                       min_labels=5, device="cpu")
     assert source == "msp"
     np.testing.assert_allclose(p, msp_failure(pool, head), atol=0)
+
+
+def test_oracle_skips_items_without_a_dataset_label(tmp_path):
+    from types import SimpleNamespace
+
+    from activevlm.runs import RunState
+
+    items = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": [1, -1, 0]})
+    pool = SimpleNamespace(items=items, classnames=["cat", "dog"])
+    state = RunState.create(tmp_path / "run", "p", "m", ["cat", "dog"])
+    state.queued.update({"a": 0, "b": 0, "c": 0})
+    report = answer_queue(pool, state, 0)
+    assert state.labels == {"a": 1, "c": 0} and report.skipped == ["b"]
+    assert state.ignored == ["b"] and state.queued == {}

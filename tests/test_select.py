@@ -264,7 +264,11 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     status = runner.invoke(app, ["status", "--run", str(run)])
     assert status.exit_code == 0 and "labels: 4" in status.output
 
-    out = runner.invoke(app, args)  # resumed run: round 1, nothing queued twice
+    out = runner.invoke(app, args)  # one item still pending: refused before any work
+    text = " ".join(out.output.split())  # rich wraps lines
+    assert out.exit_code == 1 and "1 item(s) queued in round(s) 0 still await" in text
+    assert "--force" in text and not (run / "round_001").exists()
+    out = runner.invoke(app, [*args, "--force"])  # resumed run: round 1, nothing queued twice
     assert out.exit_code == 0, out.output
     second = pd.read_csv(run / "round_001" / "queue.csv")
     assert not set(second["sample_id"]) & set(queue["sample_id"])
@@ -273,7 +277,7 @@ def test_cli_select_label_import_status_and_resume(pool, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(f"sample_id,label\n{queue['sample_id'][5]},unicorn\n")
     out = runner.invoke(app, ["labels", "import", str(bad), "--run", str(run)])
-    assert out.exit_code != 0 and "unicorn" in str(out.exception or out.output)
+    assert out.exit_code == 1 and "unicorn" in out.output and "Traceback" not in out.output
 
 
 def test_greedy_rule_picks_within_the_prefiltered_best(pool, posterior, tmp_path):

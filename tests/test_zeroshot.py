@@ -138,6 +138,23 @@ def test_reliability_diagram_png(tmp_path):
         reliability_diagram({}, y, tmp_path / "x.png")
 
 
+def test_reliability_diagram_per_domain_without_blended_colours(tmp_path):
+    import matplotlib.image
+
+    rng = np.random.default_rng(1)
+    p = _softmax(rng.normal(size=(300, 4)) * 2)
+    y = np.where(rng.random(300) < 0.7, p.argmax(1), rng.integers(0, 4, 300))  # mixed gaps
+    domains = np.array(["photo", "sketch", "clipart"])[rng.integers(0, 3, 300)]
+    out = reliability_diagram({"a": p}, y, tmp_path / "rel.png", groups=domains)
+    image = matplotlib.image.imread(out)[..., :3] * 255
+    assert image.shape[:2] == (500 * 4, 400)  # all items, then one row per domain
+    # the old diagram drew a translucent red gap over the blue bars: a purple nobody explained
+    purple = np.array([0.7 * 31 + 0.3 * 255, 0.7 * 119, 0.7 * 180])
+    assert not (np.abs(image - purple).max(-1) < 12).any()
+    with pytest.raises(ValueError, match="groups"):
+        reliability_diagram({"a": p}, y, tmp_path / "x.png", groups=domains[:10])
+
+
 def test_cli_posterior_fit_and_zeroshot(clip_pool, tmp_path):
     post_dir = tmp_path / "post"
     res = runner.invoke(app, ["posterior", "fit", "--pool", str(clip_pool.path), "--mode",

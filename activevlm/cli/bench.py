@@ -40,15 +40,20 @@ def bench(
 
 
 def plot(
-    results: Path = typer.Argument(..., help="results.parquet written by `activevlm bench`."),
+    results: Path = typer.Argument(..., help="results.parquet written by `activevlm bench`, or "
+                                   "the --out folder (or a metrics.jsonl) of `activevlm loop`."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs and summary.md "
                                     "(default: next to RESULTS)."),
 ) -> None:
     """Accuracy/ECE-vs-labels curves (mean ± se over seeds) and a Markdown summary."""
     from activevlm.bench import plot_results
+    from activevlm.bench.plot import load_results
 
-    if not results.exists():
-        console.print(f"[red]error:[/] results file not found: {results}")
-        raise typer.Exit(1)
-    for name, p in plot_results(results, out or results.parent).items():
+    try:
+        table = load_results(results)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    default = results if results.is_dir() else results.parent
+    for name, p in plot_results(table, out or default).items():
         console.print(f"  {name:28s} {p}")

@@ -16,20 +16,35 @@ labels_app = typer.Typer(help="Bring labels back into a run.", no_args_is_help=T
 
 @labels_app.command("import")
 def labels_import(
-    file: Path = typer.Argument(..., help="CSV (sample_id,label) or Label Studio JSON export."),
+    file: Path = typer.Argument(..., help="CSV (sample_id,label[,skipped]), or a Label Studio "
+                                "export: JSON, JSON-MIN or CSV."),
     run: Path = typer.Option(..., "--run", help="Run directory written by `activevlm select`."),
 ) -> None:
-    """Validate FILE completely, then record its labels in the run (atomically)."""
+    """Validate FILE completely, then record its labels in the run (atomically).
+
+    Several annotations of one item: the majority class wins, a tie is refused (listing the
+    ids); an item whose annotations were all cancelled (Skip) is never queued again; an
+    unannotated item stays queued.
+    """
     from activevlm.pool import open_pool
 
-    state = RunState.load(run)
-    pool = open_pool(state.pool)
-    report = import_labels(state, file, set(pool.items["sample_id"]))
+    try:
+        state = RunState.load(run)
+        pool = open_pool(state.pool)
+        report = import_labels(state, file, set(pool.items["sample_id"]))
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
     console.print(
         f"[green]{report.new} new[/], {report.unchanged} unchanged, {report.changed} relabelled, "
         f"{len(report.skipped)} skipped; run {run} now has {len(state.labels)} labels "
         f"and {len(state.queued)} items still queued."
     )
+    if report.disagreements:
+        shown = "; ".join(f"{sid} ({', '.join(f'{c}: {n}' for c, n in votes.items())})"
+                          for sid, votes in list(report.disagreements.items())[:20])
+        console.print(f"[yellow]{len(report.disagreements)} disagreement(s) resolved by "
+                      f"majority:[/] {shown}")
 
 
 def status(run: Path = typer.Option(..., "--run", help="Run directory.")) -> None:

@@ -61,9 +61,19 @@ def select(
     vilu_model: Path | None = typer.Option(None, "--vilu-model",
                                            help="Trained ViLU model (strategies vilu, "
                                            "vilu+epig)."),
+    labelstudio_root: Path | None = typer.Option(
+        None, "--labelstudio-root", help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+        "; task image URLs are relative to it (default: the folder above the pool's images)."),
+    predictions: bool = typer.Option(
+        True, "--predictions/--no-predictions", help="Attach the model's guess to each Label "
+        "Studio task as a pre-annotation."),
+    force: bool = typer.Option(False, "--force", help="Queue a new round even though earlier "
+                               "queued items still await labels."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score the unlabelled pool and write the next labelling queue into the run directory."""
+    from activevlm.pool import open_pool
+    from activevlm.runs.queue import LabelStudioOptions, pool_image_root
     from activevlm.runs.session import run_select
 
     try:
@@ -78,13 +88,21 @@ def select(
         config.resolve(has_target=True)  # contradicting options fail before any work
         result, state = run_select(config, pool=pool, posterior=posterior, target=target,
                                    run=run, vilu_model=vilu_model, progress=progress,
-                                   log=console.print)
+                                   labelstudio=LabelStudioOptions(labelstudio_root, predictions),
+                                   allow_pending=force, log=console.print)
     except (ValueError, FileNotFoundError, KeyError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
     q = result.queue
     console.print(f"round {result.round}: queued {len(q)} items "
                   f"({result.strategy.label}, seed {config.seed}) in {state.path}")
+    if len(q) < budget:
+        console.print(f"[yellow]note:[/] --budget {budget} but only {len(q)} unlabelled, "
+                      f"unqueued items were left in the pool split; all of them were queued")
     for kind, path in result.paths.items():
-        console.print(f"  {kind:12s} {path}")
+        console.print(f"  {kind:18s} {path}")
+    images = pool_image_root(open_pool(state.pool))
+    root = labelstudio_root or images.parent
+    console.print(f"Label Studio: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}, a Local Storage "
+                  f"with path {images}; see the README")
     console.print(f"next: label them, then `activevlm labels import FILE --run {state.path}`")

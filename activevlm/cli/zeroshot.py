@@ -26,6 +26,8 @@ def zeroshot(
     mc_samples: int = typer.Option(64, "--mc-samples", min=1),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte Carlo draws."),
     n_bins: int = typer.Option(20, "--bins", min=1, help="Confidence bins for ECE."),
+    per_domain: bool = typer.Option(False, "--per-domain", help="Reliability diagram: also "
+                                    "one row of panels per domain."),
     out: Path = typer.Option(None, "--out", help="Output directory (default: POOL/zeroshot)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda:0."),
 ) -> None:
@@ -50,8 +52,13 @@ def zeroshot(
     table = summarize(preds, n_bins)
     atomic_write_parquet(out / "zeroshot.parquet", table)
     atomic_write_csv(out / "zeroshot.csv", table)
-    png = reliability_diagram(preds.probs, preds.labels, out / "reliability.png", n_bins,
-                              title=f"{p.model_id}: split {split}")
+    dataset = p.manifest.get("dataset", {}).get("name", p.path.name)
+    bayes = (f"Bayesian: {predictive}" + (f", {mc_samples} draws, seed {seed}"
+                                          if predictive == "mc" else f" ({variant})"))
+    png = reliability_diagram(
+        preds.probs, preds.labels, out / "reliability.png", n_bins,
+        title=f"{dataset} ({p.model_id.split('@')[0]}), split {split}, n={len(preds.labels)}; "
+              f"{bayes}", groups=preds.domains if per_domain else None)
 
     view = Table(title=f"zero-shot on {p.path.name} ({len(preds.class_ids)} classes)")
     for col in table.columns:

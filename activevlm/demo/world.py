@@ -9,7 +9,8 @@ On disk (``write_world``)::
 
     ROOT/world.json                          generator version and parameters
     ROOT/manifest.csv                        path,label,domain,split,caption
-    ROOT/images/DOMAIN/CLASS/DOMAIN_CLASS_0000.png
+    ROOT/images/DOMAIN/DOMAIN_00000.png      numbered in a seeded shuffled order, so that a
+                                             file name (the sample id) hides the class
 
 read back by the regular ``manifest:`` layout (``load_dataset("manifest:ROOT/manifest.csv")``).
 """
@@ -37,7 +38,7 @@ from activevlm.demo.render import DOMAINS, render
 from activevlm.demo.shapes import CLASSES
 from activevlm.utils.io import atomic_write_csv, atomic_write_json
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: file names no longer contain the class
 CLASSNAMES: tuple[str, ...] = tuple(CLASSES)
 SOURCE_DOMAINS: tuple[str, ...] = ("product", "photo")
 """Domains the demo model was trained on."""
@@ -45,6 +46,7 @@ TARGET_DOMAINS: tuple[str, ...] = ("clipart", "sketch")
 """Domains held out from training (the domain shift labels should fix)."""
 IMAGE_SIZE = 64
 WORLD, EVAL, TRAIN = 0, 1, 2
+NAMES = 2**31  # the stream that shuffles file numbers (no image stream reaches it)
 DEFAULT_PER_CLASS = 100
 
 
@@ -113,6 +115,16 @@ def sample(domains: Sequence[str] = DOMAINS, n_per_class: int = 20, seed: int = 
     return Sample(np.concatenate(pixels), items)
 
 
+def file_names(items: pd.DataFrame, seed: int) -> list[str]:
+    """``images/DOMAIN/DOMAIN_NNNNN.png`` per row of ``items`` (domain, label, index): the
+    numbers are a seeded shuffle of 0..n-1 within each domain, so the name hides the class."""
+    numbers = np.empty(len(items), dtype=np.int64)
+    for d, rows in items.groupby("domain", sort=False).indices.items():
+        rng = np.random.default_rng([seed, NAMES, DOMAINS.index(d)])
+        numbers[rows] = rng.permutation(len(rows))
+    return [f"images/{d}/{d}_{n:05d}.png" for d, n in zip(items["domain"], numbers, strict=True)]
+
+
 def world_parameters(seed: int, n_per_class: int, size: int) -> dict:
     """What identifies a generated world (stored as ``world.json``)."""
     return {"generator_version": GENERATOR_VERSION, "seed": seed, "n_per_class": n_per_class,
@@ -155,9 +167,7 @@ def write_world(root: str | Path, seed: int = 0, n_per_class: int = DEFAULT_PER_
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
         drawn = sample(DOMAINS, n_per_class, seed, WORLD, size, workers, progress)
         items = drawn.items
-        rel = [f"images/{d}/{c}/{d}_{c}_{i:04d}.png"
-               for d, c, i in zip(items["domain"], items["classname"], items["index"],
-                                  strict=True)]
+        rel = file_names(items, seed)
         for path, pixels in zip(rel, drawn.pixels, strict=True):
             (tmp / path).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(tmp / path, compress_level=1)

@@ -16,8 +16,8 @@ def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
     """Label every still-queued item of round ``round_index`` from ``pool.items["label"]``.
 
     Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names) and imports it
-    with :func:`activevlm.runs.import_labels`. Items without a dataset label are written with
-    an empty label, i.e. skipped, as a labeller would.
+    with :func:`activevlm.runs.import_labels`. Items without a dataset label are written as
+    skipped (``skipped`` true), as a labeller would.
     """
     pending = [sid for sid, r in state.queued.items() if r == round_index]
     items = pool.items.set_index("sample_id").loc[pending]
@@ -25,6 +25,7 @@ def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
     table = pd.DataFrame({
         "sample_id": pending,
         "label": [pool.classnames[y] if y >= 0 else "" for y in labels],
+        "skipped": labels < 0,
     })
     path = state.round_dir(round_index) / ORACLE_FILE
     atomic_write_csv(path, table)

@@ -9,13 +9,15 @@ from activevlm.utils.lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(["AdaptResult", "adapt_run", "labelled_rows"], "adapt"),
     "SelectConfig": "config",
-    **dict.fromkeys(["LabelImport", "import_labels", "read_label_file"], "labels"),
-    "write_queue": "queue",
+    **dict.fromkeys(["Annotation", "LabelImport", "import_labels", "majority_labels",
+                     "read_annotations"], "labels"),
+    **dict.fromkeys(["LabelStudioOptions", "write_queue"], "queue"),
     **dict.fromkeys(["RunDir", "base_posterior", "load_posterior", "resolve_posterior",
                      "run_posterior", "save_posterior"], "rundir"),
     **dict.fromkeys(["SelectionResult", "head_fingerprint", "pool_index", "select_round",
                      "target_points"], "select"),
-    **dict.fromkeys(["DEMO_TARGET_DOMAIN", "default_fit_domains", "run_select"], "session"),
+    **dict.fromkeys(["DEMO_TARGET_DOMAIN", "PendingItemsError", "default_fit_domains",
+                     "run_select"], "session"),
     "RunState": "state",
 }
 __all__ = sorted(_EXPORTS)

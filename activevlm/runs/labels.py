@@ -1,4 +1,18 @@
-"""Import labels into a run: a CSV (sample_id,label) or a Label Studio JSON export.
+"""Import labels into a run from a CSV (ours or Label Studio's) or a Label Studio JSON /
+JSON-MIN export.
+
+Every format is first read into the same list of :class:`Annotation` (one annotator's
+answer on one item) and then resolved by one rule:
+
+- an item with at least one label gets the **majority** class of its labels (a class name,
+  cleaned name or id all count as that class); a tie for the most votes is refused, listing
+  the tied ids, and nothing is imported; items whose annotators disagreed are reported;
+- an item whose only annotations were cancelled ("Skip" in Label Studio) is **skipped**: it
+  is remembered and never queued again. Label Studio's JSON export records cancelled
+  annotations; its JSON-MIN and CSV exports leave them out, so those mark nothing skipped;
+  in our CSV a row with ``skipped`` true is a cancelled annotation;
+- an item without any annotation (an unannotated task, an empty label cell) is not
+  labelled and stays queued.
 
 The whole file is validated before anything is applied, so a bad file changes nothing.
 """
@@ -6,6 +20,7 @@ The whole file is validated before anything is applied, so a bad file changes no
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,78 +30,125 @@ from activevlm.data.prompts import clean_classname
 from activevlm.runs.state import RunState
 
 
+@dataclass(frozen=True)
+class Annotation:
+    """One answer on one item: ``label`` is the raw class (name or id), None if cancelled."""
+
+    sample_id: str
+    label: str | None
+    annotator: str | None = None
+
+
 @dataclass
 class LabelImport:
-    """What one import did. ``changed`` counts ids whose earlier label was replaced."""
+    """What one import did. ``changed`` counts ids whose earlier label was replaced;
+    ``disagreements`` maps ids whose annotators disagreed to the votes per class name."""
 
     new: int = 0
     unchanged: int = 0
     changed: int = 0
     skipped: list[str] = field(default_factory=list)
+    disagreements: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _read_csv(path: Path) -> tuple[dict[str, str], list[str]]:
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) \
+        else str(value).strip()
+
+
+def _read_csv(path: Path) -> list[Annotation]:
+    """Our ``sample_id,label[,skipped]`` CSV or Label Studio's CSV export (one row per
+    annotation, more columns); an empty label is an unannotated item unless ``skipped`` is
+    true (1/yes), which marks a skip."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CSV ({e})") from e
     missing = {"sample_id", "label"} - set(df.columns)
     if missing:
-        raise ValueError(
-            f"{path}: CSV needs the columns sample_id,label; missing {sorted(missing)}"
-        )
-    labelled = df[df["label"].str.strip() != ""]
-    skipped = df.loc[df["label"].str.strip() == "", "sample_id"].tolist()
-    dupes = labelled["sample_id"][labelled["sample_id"].duplicated()].unique().tolist()
-    if dupes:
-        raise ValueError(f"{path}: sample_id(s) listed twice: {dupes[:10]}")
-    return dict(zip(labelled["sample_id"], labelled["label"].str.strip(), strict=True)), skipped
+        raise ValueError(f"{path}: CSV needs the columns sample_id,label (Label Studio's CSV "
+                         f"export has them for tasks queued by activevlm); missing "
+                         f"{sorted(missing)}")
+    annotators = df["annotator"] if "annotator" in df else [None] * len(df)
+    skipped = (df["skipped"].str.strip().str.lower().isin(["true", "1", "yes"])
+               if "skipped" in df else [False] * len(df))
+    out = []
+    for sid, label, who, skip in zip(df["sample_id"].str.strip(), df["label"].str.strip(),
+                                     annotators, skipped, strict=True):
+        if label and skip:
+            raise ValueError(f"{path}: {sid} has a label and skipped={skip}; give one")
+        if label or skip:
+            out.append(Annotation(sid, label or None, _text(who) or None))
+    return out
 
 
-def _ls_choice(task: dict) -> str | None:
-    """The chosen class of a Label Studio task, or None if it was skipped/unlabelled."""
-    for ann in task.get("annotations") or []:
-        if ann.get("was_cancelled"):
-            continue
-        for res in ann.get("result") or []:
-            choices = (res.get("value") or {}).get("choices")
-            if choices:
-                return str(choices[0])
+def _choice(result: list) -> str | None:
+    """The chosen class in a Label Studio annotation result, or None."""
+    for res in result or []:
+        choices = (res.get("value") or {}).get("choices")
+        if choices:
+            return str(choices[0])
     return None
 
 
-def _read_label_studio(path: Path) -> tuple[dict[str, str], list[str]]:
-    try:
-        tasks = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid Label Studio JSON export ({e})") from e
-    if not isinstance(tasks, list):
-        raise ValueError(f"{path}: a Label Studio export is a JSON list of tasks")
-    labels, skipped = {}, []
+def _from_full_json(path: Path, tasks: list) -> list[Annotation]:
+    out = []
     for i, task in enumerate(tasks):
         sid = (task.get("data") or {}).get("sample_id")
         if sid is None:
-            raise ValueError(
-                f"{path}: task #{i} has no data.sample_id (was it queued by activevlm?)"
-            )
-        choice = _ls_choice(task)
-        if choice is None:
-            skipped.append(str(sid))
-        else:
-            labels[str(sid)] = choice
-    return labels, skipped
+            raise ValueError(f"{path}: task #{i} has no data.sample_id (was it queued by "
+                             f"activevlm?)")
+        for ann in task.get("annotations") or []:
+            who = _text(ann.get("completed_by")) or None
+            if ann.get("was_cancelled"):
+                out.append(Annotation(str(sid), None, who))
+            elif (choice := _choice(ann.get("result"))) is not None:
+                out.append(Annotation(str(sid), choice, who))
+    return out
 
 
-def read_label_file(path: str | Path) -> tuple[dict[str, str], list[str]]:
-    """``({sample_id: raw label}, [skipped sample ids])`` from a .csv or a .json export."""
+def _from_json_min(path: Path, records: list) -> list[Annotation]:
+    out = []
+    for i, rec in enumerate(records):
+        if "sample_id" not in rec:
+            raise ValueError(f"{path}: record #{i} of the JSON-MIN export has no sample_id "
+                             f"(was it queued by activevlm?)")
+        label = rec.get("label")
+        if isinstance(label, dict):  # a choices value kept as a dict
+            label = (label.get("choices") or [None])[0]
+        if isinstance(label, list):
+            label = label[0] if label else None
+        if _text(label):
+            out.append(Annotation(str(rec["sample_id"]), _text(label),
+                                  _text(rec.get("annotator")) or None))
+    return out
+
+
+def _read_json(path: Path) -> list[Annotation]:
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid Label Studio JSON export ({e})") from e
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: a Label Studio export is a JSON list of tasks (JSON) or of "
+                         f"flat records (JSON-MIN)")
+    if any("data" in r or "annotations" in r for r in records):
+        return _from_full_json(path, records)
+    return _from_json_min(path, records)
+
+
+def read_annotations(path: str | Path) -> list[Annotation]:
+    """Every annotation in a ``.csv`` or ``.json`` label file, unresolved."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
     if path.suffix.lower() == ".csv":
         return _read_csv(path)
     if path.suffix.lower() == ".json":
-        return _read_label_studio(path)
-    raise ValueError(f"{path}: unsupported label file type {path.suffix!r}; use .csv or .json")
+        return _read_json(path)
+    raise ValueError(f"{path}: unsupported label file type {path.suffix!r}; use a .csv "
+                     f"(sample_id,label or Label Studio CSV) or a Label Studio .json export "
+                     f"(JSON or JSON-MIN)")
 
 
 def resolve_labels(raw: dict[str, str], classnames: list[str], source: str) -> dict[str, int]:
@@ -95,11 +157,11 @@ def resolve_labels(raw: dict[str, str], classnames: list[str], source: str) -> d
     lookup = {name: i for i, name in enumerate(classnames)}
     lookup.update({clean_classname(name): i for i, name in enumerate(classnames)})
     out, unknown = {}, set()
-    for sid, value in raw.items():
+    for key, value in raw.items():
         if value in lookup:
-            out[sid] = lookup[value]
+            out[key] = lookup[value]
         elif value.lstrip("-").isdigit() and 0 <= int(value) < len(classnames):
-            out[sid] = int(value)
+            out[key] = int(value)
         else:
             unknown.add(value)
     if unknown:
@@ -111,20 +173,50 @@ def resolve_labels(raw: dict[str, str], classnames: list[str], source: str) -> d
     return out
 
 
+def majority_labels(annotations: list[Annotation], classnames: list[str], source: str
+                    ) -> tuple[dict[str, int], list[str], dict[str, dict[str, int]]]:
+    """``(labels {id: class}, skipped ids, disagreements {id: {class name: votes}})`` by the
+    module's rule; raises listing the ids whose most-voted classes tie."""
+    values = {a.label for a in annotations if a.label is not None}
+    class_of = resolve_labels({v: v for v in values}, classnames, source)
+    votes: dict[str, Counter] = {}
+    cancelled: set[str] = set()
+    for a in annotations:
+        if a.label is None:
+            cancelled.add(a.sample_id)
+        else:
+            votes.setdefault(a.sample_id, Counter())[class_of[a.label]] += 1
+    labels, disagreements, ties = {}, {}, []
+    for sid, count in votes.items():
+        (best, n), *rest = count.most_common()
+        if rest and rest[0][1] == n:
+            ties.append(sid)
+        labels[sid] = best
+        if rest:
+            disagreements[sid] = {classnames[c]: k for c, k in count.most_common()}
+    if ties:
+        shown = {sid: disagreements[sid] for sid in sorted(ties)[:20]}
+        raise ValueError(f"{source}: {len(ties)} item(s) have no majority label (annotators "
+                         f"tie): {shown}; add an annotation to break each tie or delete the "
+                         f"extra ones, then export again. Nothing was imported.")
+    skipped = sorted(cancelled - set(labels))
+    return labels, skipped, disagreements
+
+
 def import_labels(state: RunState, path: str | Path, known_ids: set[str]) -> LabelImport:
     """Validate ``path`` fully, then record its labels in ``state`` atomically.
 
     ``known_ids`` are the pool's sample ids; an id outside it is an error. Importing the same
-    file twice changes nothing the second time. Skipped tasks are remembered as ignored (never
-    queued again) unless they already have a label.
+    file twice changes nothing the second time. Skipped items are remembered as ignored
+    (never queued again) unless they already have a label.
     """
-    raw, skipped = read_label_file(path)
-    unknown_ids = sorted((set(raw) | set(skipped)) - known_ids)
+    annotations = read_annotations(path)
+    unknown_ids = sorted({a.sample_id for a in annotations} - known_ids)
     if unknown_ids:
         raise ValueError(f"{path}: {len(unknown_ids)} sample_id(s) not in the pool, "
                          f"e.g. {unknown_ids[:10]}")
-    labels = resolve_labels(raw, state.classnames, str(path))
-    report = LabelImport()
+    labels, skipped, disagreements = majority_labels(annotations, state.classnames, str(path))
+    report = LabelImport(disagreements=disagreements)
     for sid, y in labels.items():
         old = state.labels.get(sid)
         if old is None:

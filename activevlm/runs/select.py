@@ -17,7 +17,7 @@ from activevlm.acquisition import SelectionProblem, Strategy, make_strategy, map
 from activevlm.index import EmbeddingIndex, StaleIndexError
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.config import SelectConfig
-from activevlm.runs.queue import write_queue
+from activevlm.runs.queue import LabelStudioOptions, default_document_root, write_queue
 from activevlm.runs.state import RunState
 from activevlm.utils.io import atomic_write_parquet
 
@@ -75,6 +75,7 @@ def target_points(target_pool, config: SelectConfig, rng: np.random.Generator,
 def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                  head: ProjectionHead | None = None, target_pool=None,
                  failure_prob: np.ndarray | None = None,
+                 labelstudio: LabelStudioOptions = LabelStudioOptions(),
                  progress: bool = True) -> SelectionResult:
     """Choose up to ``config.budget`` unqueued, unlabelled items and write the round's queue.
 
@@ -82,8 +83,10 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     the pool itself); without a target domain or pool, selection is untargeted and EPIG's
     target distribution is the pool's ``target_split`` in every domain. ``head`` defaults to
     the posterior's (fine-tuned) head, else the pool's.
-    ``failure_prob [N]`` (pool rows) feeds the ViLU strategies. Writes
-    ``round_NNN/{queue.parquet,queue.csv,queue.labelstudio.json,scores.parquet}`` and then
+    ``failure_prob [N]`` (pool rows) feeds the ViLU strategies. ``labelstudio``: image
+    root and pre-annotations of the Label Studio tasks (``runs.queue``). Writes
+    ``round_NNN/{queue.parquet,queue.csv,queue.labelstudio.json,labelstudio_config.xml,
+    scores.parquet}`` and then
     ``state.json``; an interrupted round leaves the state untouched and the same seed
     reproduces it.
     """
@@ -135,7 +138,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         "predicted_label": [pool.classnames[c] for c in probs.argmax(1)],
         "predicted_prob": probs.max(1).astype(float),
     })
-    paths = write_queue(state.dir.round(round_index), queue)
+    document_root = labelstudio.document_root or default_document_root(pool)
+    paths = write_queue(state.dir.round(round_index), queue, pool.classnames, document_root,
+                        predictions=labelstudio.predictions)
     paths["scores"] = state.dir.scores(round_index)
     atomic_write_parquet(paths["scores"], pd.DataFrame(
         {"sample_id": ids[selection.scored_rows],

@@ -15,6 +15,7 @@ from activevlm.demo.pool import demo_pool
 from activevlm.demo.world import SOURCE_DOMAINS
 from activevlm.pool import open_pool
 from activevlm.runs.config import SelectConfig
+from activevlm.runs.queue import LabelStudioOptions
 from activevlm.runs.rundir import RunDir, load_posterior, run_posterior
 from activevlm.runs.select import SelectionResult, select_round
 from activevlm.runs.state import RunState
@@ -22,6 +23,18 @@ from activevlm.utils.constraints import config_to_dict
 from activevlm.vilu import ViLUModel, failure_scores
 
 DEMO_TARGET_DOMAIN = "clipart"
+
+
+class PendingItemsError(ValueError):
+    """A new round was asked for while earlier rounds' items still await labels."""
+
+    def __init__(self, state: RunState):
+        rounds = sorted(set(state.queued.values()))
+        super().__init__(
+            f"run {state.path}: {len(state.queued)} item(s) queued in round(s) "
+            f"{', '.join(map(str, rounds))} still await labels. Import them first (`activevlm "
+            f"labels import FILE --run {state.path}`), or pass --force to queue a new round "
+            f"anyway (pending items stay queued and are never queued twice).")
 
 
 def default_fit_domains(pool) -> list[str] | None:
@@ -35,14 +48,17 @@ def default_fit_domains(pool) -> list[str] | None:
 def run_select(config: SelectConfig, *, pool: str | Path | None = None,
                posterior: str | Path | None = None, target: str | None = None,
                run: str | Path | None = None, vilu_model: str | Path | None = None,
-               progress: bool = True, log: Callable = print) -> tuple[SelectionResult, RunState]:
+               labelstudio: LabelStudioOptions = LabelStudioOptions(),
+               allow_pending: bool = False, progress: bool = True,
+               log: Callable = print) -> tuple[SelectionResult, RunState]:
     """One selection round with everything resolved from paths; returns the result and state.
 
     ``target`` is a domain of the pool or a pool directory; ``run`` defaults to
     ``runs/<pool name>``. Calling it again with the same run continues with the next round.
     Every strategy scores with the run's fine-tuned head when it has one (``activevlm
     finetune``) and posterior strategies with the run's (refitted) posterior; an explicit
-    ``posterior`` overrides the run's.
+    ``posterior`` overrides the run's. A run with items still queued (awaiting labels) is
+    refused unless ``allow_pending`` (:class:`PendingItemsError`, before any work).
     """
     if pool is None:
         log("no --pool given: using the demo world (generated and embedded on first use)")
@@ -62,6 +78,8 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
     run_dir = RunDir(Path(run) if run is not None else Path("runs") / name)
     state = RunState.open_or_create(run_dir.path, str(pool_obj.path), pool_obj.model_id,
                                     pool_obj.classnames, config=config_to_dict(config))
+    if state.queued and not allow_pending:
+        raise PendingItemsError(state)
     post = None
     if spec.bayesian:
         post = (load_posterior(posterior, pool_obj) if posterior is not None else
@@ -79,5 +97,5 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
         failure_prob = failure_scores(model, pool_obj)
     result = select_round(pool_obj, state, config, posterior=post, head=head,
                           target_pool=target_pool, failure_prob=failure_prob,
-                          progress=progress)
+                          labelstudio=labelstudio, progress=progress)
     return result, state

@@ -35,13 +35,19 @@ def evaluate_failure_prediction(correct, confidences: Mapping[str, np.ndarray]) 
 def risk_coverage_plot(correct, confidences: Mapping[str, np.ndarray], path: str | Path,
                        title: str | None = None) -> Path:
     """Write a PNG of selective risk against coverage, one line per method (AURC in the
-    legend); returns the path."""
+    legend), with the oracle (every failure ranked last) and random (the overall error rate)
+    for reference; returns the path."""
+    y = np.asarray(correct, dtype=bool)
     fig = Figure(figsize=(5.5, 4.0), dpi=120)  # no pyplot: leaves the user's backend alone
     ax = fig.subplots()
     for name, conf in confidences.items():
-        coverage, risk = risk_coverage_curve(correct, conf)
+        coverage, risk = risk_coverage_curve(y, conf)
         ax.plot(coverage, risk, label=f"{METHOD_LABELS.get(name, name)} "
                                       f"(AURC {risk.mean():.3f})")
+    coverage, risk = risk_coverage_curve(y, y.astype(float))
+    ax.plot(coverage, risk, "k--", linewidth=1, label=f"oracle (AURC {risk.mean():.3f})")
+    ax.axhline(1 - y.mean(), color="gray", linestyle=":", linewidth=1,
+               label=f"random (AURC {1 - y.mean():.3f})")
     ax.set_xlabel("coverage")
     ax.set_ylabel("selective risk (error rate)")
     ax.set_xlim(0, 1)
@@ -81,7 +87,9 @@ def evaluate_on_pool(
         out = Path(out)
         atomic_write_parquet(out / "failure_eval.parquet", table)
         domains = [domain] if isinstance(domain, str) else list(domain or [])
-        where = f"split {split or 'all'}" + (f", domain {', '.join(domains)}" if domains else "")
+        where = f"{split or 'all'} split" + (f", {', '.join(domains)}" if domains else "")
+        dataset = pool.manifest.get("dataset", {}).get("name", Path(pool.path).name)
         risk_coverage_plot(scores.correct, scores.confidences, out / "risk_coverage.png",
-                           title=f"{pool.model_id}: {where}")
+                           title=f"{dataset} ({pool.model_id.split('@')[0]}): {where}, "
+                                 f"n={len(scores.correct)}")
     return table
