@@ -73,6 +73,11 @@ def test_rounds_record_what_their_batch_held(grid):
         queued = items.loc[pd.read_parquet(cell / f"round_{row.round - 1:03d}" /
                                            "queue.parquet")["sample_id"]]
         assert row.target_share == pytest.approx((queued["domain"] == "sketch").mean())
+        emb = pool.image_embeddings(np.flatnonzero(pool.items["sample_id"].isin(
+            queued.index))).numpy()
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        pairs = [emb[i] @ emb[j] for i in range(len(emb)) for j in range(i + 1, len(emb))]
+        assert row.batch_similarity == pytest.approx(np.mean(pairs), abs=1e-5)
         assert row.n_classes_new == queued["label"].nunique()
     assert df.loc[df["round"] == 0, "target_share"].isna().all()
 

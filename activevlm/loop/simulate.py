@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from activevlm.acquisition import STRATEGIES
 from activevlm.bayes.posterior import BayesVLMPosterior
@@ -177,14 +178,23 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
 
 
 def batch_stats(pool, state: RunState, round_index: int, target_domain: str | None) -> dict:
-    """``target_share`` and ``n_classes_new`` of round ``round_index``'s queue (see run_loop)."""
+    """What round ``round_index``'s queue held (see run_loop): ``target_share``,
+    ``n_classes_new`` and ``batch_similarity``, the mean cosine similarity of its distinct
+    pairs under the pool's (zero-shot) head — one fixed geometry for every round and
+    strategy (NaN for fewer than 2 items)."""
     queued = pd.read_parquet(state.dir.queue(round_index),
                              columns=["sample_id"])["sample_id"]
     items = pool.items.set_index("sample_id").loc[queued]
     share = (float((items["domain"] == target_domain).mean()) if target_domain is not None
              else float("nan"))
     labels = items["label"].to_numpy()
-    return {"target_share": share, "n_classes_new": int(len(np.unique(labels[labels >= 0])))}
+    rows = np.flatnonzero(pool.items["sample_id"].isin(queued).to_numpy())
+    emb = torch.nn.functional.normalize(pool.image_embeddings(rows), dim=1)
+    n = len(rows)
+    similarity = (float(((emb @ emb.T).sum() - n) / (n * (n - 1))) if n > 1
+                  else float("nan"))
+    return {"target_share": share, "n_classes_new": int(len(np.unique(labels[labels >= 0]))),
+            "batch_similarity": similarity}
 
 
 def _finish(row: dict, strategy: str, targeted: bool, seed: int, t_select: float,
