@@ -114,7 +114,8 @@ FOLDER = TreeLayout("folder", "PATH/<class>/<image>")
 FOLDER_WITH_DOMAINS = TreeLayout("folder", "PATH/<domain>/<class>/<image>")
 
 
-def _as_bool(value: Any, option: str) -> bool:
+def as_bool(value: Any, option: str) -> bool:
+    """An option given as a bool, 0/1 or a yes/no/true/false string."""
     if isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
         return value.lower() in {"1", "true", "yes"}
     if isinstance(value, bool | int) and value in (0, 1):
@@ -152,7 +153,7 @@ def load_tree(layout: TreeLayout, path: Path, *, split: bool | None = None,
               ratios: Ratios | None = None, seed: int | None = None,
               discover_domains: bool = False) -> ImageDataset:
     """Scan ``path`` as ``layout``; labels index ``class_folders``; images sorted by path."""
-    do_split = layout.split if split is None else _as_bool(split, "split")
+    do_split = layout.split if split is None else as_bool(split, "split")
     folders = layout.class_folders() if layout.class_folders else None
     allowed = set(layout.allowed() if layout.allowed else folders or ())
     domain_of = {f: d for d, names in (layout.domains or {}).items() for f in names}
@@ -220,7 +221,7 @@ def load_folder(path: Path, *, domains: bool = False, split: bool = False,
                 ratios: Ratios | None = None, seed: int | None = None) -> ImageDataset:
     """``PATH/<class>/<image>`` (or ``PATH/<domain>/<class>/<image>`` with ``domains=True``);
     classnames are the sorted class folder names (over all domains)."""
-    with_domains = _as_bool(domains, "domains")
+    with_domains = as_bool(domains, "domains")
     layout = FOLDER_WITH_DOMAINS if with_domains else FOLDER
     return load_tree(layout, path, split=split, ratios=ratios, seed=seed,
                      discover_domains=with_domains)

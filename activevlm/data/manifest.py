@@ -29,40 +29,54 @@ def _read_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _read_names(source: Path) -> list[str]:
+def read_classnames(source: Path) -> list[str]:
     if not source.is_file():
         raise FileNotFoundError(f"manifest: classnames file {source} does not exist")
     return [line.strip() for line in source.read_text(encoding="utf-8").splitlines()
             if line.strip()]
 
 
-def _optional_text(column: pd.Series) -> list[str | None]:
+def resolve_classnames(classnames: Sequence[str] | str | Path | None, root: Path
+                       ) -> tuple[list[str] | None, str]:
+    """Class names from the option (a list, or a text file with one name a line), else from
+    ``root/classnames.txt``, else None (the label column decides); and where they came from."""
+    if isinstance(classnames, str | Path):
+        return read_classnames(Path(classnames).expanduser()), str(classnames)
+    if classnames is not None:
+        return [str(c) for c in classnames], "the classnames option"
+    if (root / "classnames.txt").is_file():
+        return read_classnames(root / "classnames.txt"), str(root / "classnames.txt")
+    return None, "the label column"
+
+
+def optional_text(column: pd.Series) -> list[str | None]:
     return [None if pd.isna(v) or str(v).strip() == "" else str(v) for v in column]
 
 
-def _labels(path: Path, table: pd.DataFrame, classnames: list[str] | None,
-            source: str) -> tuple[np.ndarray, list[str]]:
-    """int64 labels (-1 for missing) and the class names they index."""
+def parse_labels(where: str, table: pd.DataFrame, classnames: list[str] | None,
+                 source: str) -> tuple[np.ndarray, list[str]]:
+    """int64 labels (-1 for missing) of ``table["label"]`` (ints or class names) and the class
+    names they index; errors start with ``where`` (e.g. ``"manifest FILE"``)."""
     if "label" not in table.columns:
         if classnames is None:
-            raise ValueError(f"manifest {path}: no label column and no class names; give the "
-                             f"classnames option or a classnames.txt beside the manifest")
+            raise ValueError(f"{where}: no label column and no class names; give the "
+                             f"classnames option or a classnames.txt beside it")
         return np.full(len(table), -1, dtype=np.int64), classnames
     column = table["label"]
     if pd.api.types.is_numeric_dtype(column):
         if classnames is None:
-            raise ValueError(f"manifest {path}: integer labels need class names; give the "
-                             f"classnames option or a classnames.txt beside the manifest")
+            raise ValueError(f"{where}: integer labels need class names; give the "
+                             f"classnames option or a classnames.txt beside it")
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         missing = np.isnan(values)
         filled = np.where(missing, -1.0, values)
         bad = (filled != np.round(filled)) | (filled < -1) | (filled >= len(classnames))
         if bad.any():
-            raise ValueError(f"manifest {path}: label {column[bad].iloc[0]} is not an "
+            raise ValueError(f"{where}: label {column[bad].iloc[0]} is not an "
                              f"integer in [-1, {len(classnames)}) ({len(classnames)} classes "
                              f"from {source})")
         return filled.astype(np.int64), classnames
-    names = [None if v is None else v.strip() for v in _optional_text(column)]
+    names = [None if v is None else v.strip() for v in optional_text(column)]
     if classnames is None:
         classnames = sorted({n for n in names if n is not None})
     index: dict[str, int] = {}
@@ -71,11 +85,11 @@ def _labels(path: Path, table: pd.DataFrame, classnames: list[str] | None,
     unknown = sorted({n for n in names if n is not None and n not in index})
     if unknown:
         shown = ", ".join(repr(n) for n in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise ValueError(f"manifest {path}: unknown class names {shown} in column label "
+        raise ValueError(f"{where}: unknown class names {shown} in column label "
                          f"({len(classnames)} classes from {source})")
     dupes = sorted({n for n in names if n is not None and classnames.count(n) > 1})
     if dupes:
-        raise ValueError(f"manifest {path}: class names {dupes} occur more than once in the "
+        raise ValueError(f"{where}: class names {dupes} occur more than once in the "
                          f"class list from {source}; use integer labels")
     return np.array([-1 if n is None else index[n] for n in names], dtype=np.int64), classnames
 
@@ -91,17 +105,10 @@ def load_manifest(path: Path, *, classnames: Sequence[str] | str | Path | None =
     """
     table = _read_table(path)
     root = path.parent
-    if isinstance(classnames, str | Path):
-        names, source = _read_names(Path(classnames).expanduser()), str(classnames)
-    elif classnames is not None:
-        names, source = [str(c) for c in classnames], "the classnames option"
-    elif (root / "classnames.txt").is_file():
-        names, source = _read_names(root / "classnames.txt"), str(root / "classnames.txt")
-    else:
-        names, source = None, "the label column"
-    labels, names = _labels(path, table, names, source)
+    names, source = resolve_classnames(classnames, root)
+    labels, names = parse_labels(f"manifest {path}", table, names, source)
 
-    raw = _optional_text(table["path"])
+    raw = optional_text(table["path"])
     if None in raw:
         raise ValueError(f"manifest {path}: empty path in row {raw.index(None)}")
     absolute = [os.path.normpath(p if os.path.isabs(p) else root / p) for p in raw]
@@ -118,7 +125,7 @@ def load_manifest(path: Path, *, classnames: Sequence[str] | str | Path | None =
     items = pd.DataFrame({"sample_id": sample_ids, "path": absolute, "label": labels})
     for column in ("domain", "split", "caption"):
         if column in table.columns:
-            items[column] = pd.Series(_optional_text(table[column]), dtype=object)
+            items[column] = pd.Series(optional_text(table[column]), dtype=object)
     description: dict[str, Any] = {"layout": "manifest", "root": str(root), "file": str(path),
                                    "classnames_from": source}
     return ImageDataset("manifest", root, names, items, description)
