@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -203,3 +205,16 @@ def test_precision_falls_back_to_fp32_on_cpu():
     assert v.precision == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_vlm("tiny-clip", device="cpu", precision="fp64")
+
+
+def test_select_path_imports_no_encoder():
+    """`select` (session, strategies, index, posterior) must not pay for open_clip/torchvision;
+    `load_vlm` still loads them on first use."""
+    code = ("import sys, activevlm.cli.main, activevlm.runs.session, activevlm.runs.select\n"
+            "from activevlm.models import ProjectionHead\n"
+            "heavy = [m for m in ('open_clip', 'torchvision', 'timm') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from activevlm.models import load_vlm\n"
+            "assert 'open_clip' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,29 +1,18 @@
-"""open_clip models split into encoders (activations) and the linear projection head."""
+"""open_clip models split into encoders (activations) and the linear projection head.
 
-from activevlm.models.head import ProjectionHead
-from activevlm.models.links import Link, link_for, link_probs
-from activevlm.models.registry import (
-    default_checkpoint,
-    get_model_config,
-    register_default_checkpoint,
-    register_model_config,
-)
-from activevlm.models.towers import SUPPORTED, UnsupportedModelError
-from activevlm.models.wrapper import VLM, PretrainedUnavailableError, file_sha256, load_vlm
+Names load on first use (:mod:`activevlm.utils.lazy`): the projection head and the links
+import without open_clip or torchvision, which only commands that run an encoder pay for.
+"""
 
-__all__ = [
-    "SUPPORTED",
-    "Link",
-    "VLM",
-    "PretrainedUnavailableError",
-    "ProjectionHead",
-    "UnsupportedModelError",
-    "default_checkpoint",
-    "file_sha256",
-    "get_model_config",
-    "link_for",
-    "link_probs",
-    "load_vlm",
-    "register_default_checkpoint",
-    "register_model_config",
-]
+from activevlm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "ProjectionHead": "head",
+    **dict.fromkeys(["Link", "link_for", "link_probs"], "links"),
+    **dict.fromkeys(["default_checkpoint", "get_model_config", "register_default_checkpoint",
+                     "register_model_config"], "registry"),
+    **dict.fromkeys(["SUPPORTED", "UnsupportedModelError"], "towers"),
+    **dict.fromkeys(["VLM", "PretrainedUnavailableError", "file_sha256", "load_vlm"], "wrapper"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
