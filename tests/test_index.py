@@ -214,3 +214,52 @@ def test_nearest_unique_bayesvlm_protocol(data, flat):
     small = EmbeddingIndex.build(base[:20], progress=False)
     rows = nearest_unique(small, targets, 50, exclude=[0, 1])
     assert sorted(rows.tolist()) == list(range(2, 20))
+
+
+def test_cpu_exclusions_overfetch_and_fall_back_to_the_selector(data, flat, monkeypatch):
+    base, queries = data
+    few = np.zeros(N, bool)
+    few[np.random.default_rng(5).choice(N, 60, replace=False)] = True
+    _, ref_ids = brute_knn(base, queries, 10, excluded=few)
+
+    def no_selector(*args):
+        raise AssertionError("the ID-selector path was taken")
+
+    with monkeypatch.context() as m:  # a few exclusions: over-fetch, never the selector
+        m.setattr(faiss, "IDSelectorBitmap", no_selector)
+        np.testing.assert_array_equal(flat.search(queries, 10, exclude=few)[1], ref_ids)
+    most = np.ones(N, bool)
+    most[::50] = False  # 12 rows left: over-fetching would need the whole index
+    monkeypatch.setattr(ei, "CPU_OVERFETCH_MAX_K", 64)
+    _, ref_ids = brute_knn(base, queries, 10, excluded=most)
+    np.testing.assert_array_equal(flat.search(queries, 10, exclude=most)[1], ref_ids)
+
+
+def test_exact_neighbours_matches_brute_force_without_self(data):
+    base, _ = data
+    queries = np.array([0, 5, 599, 300])
+    ids = ei.exact_neighbours(base, queries, 7, chunk_size=64)
+    sims = unit(base[queries]) @ unit(base).T
+    sims[np.arange(4), queries] = -np.inf
+    ref = np.argsort(-sims, axis=1, kind="stable")[:, :7]
+    assert [set(r) for r in ids] == [set(r) for r in ref]
+
+
+def test_ivf_nprobe_is_calibrated_to_the_target_recall(tmp_path):
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((5000, 32)).astype(np.float32)  # the hard, unclustered case
+    ivf = EmbeddingIndex.build(base, ivf_threshold=1, progress=False)
+    assert ivf.kind == "ivf" and ivf.recall >= 0.95
+    nlist = ivf._cpu.nlist
+    # independently: recall of the chosen nprobe on fresh queries, and of half of it
+    queries = base[rng.choice(5000, 300, replace=False)] + 0.1 * rng.standard_normal(
+        (300, 32)).astype(np.float32)
+    _, exact = brute_knn(base, queries, 10)
+    assert recall_at(10, exact, ivf.search(queries, 10)[1]) >= 0.9
+    if ivf.nprobe > 1:
+        half = EmbeddingIndex.build(base, ivf_threshold=1, nprobe=ivf.nprobe // 2,
+                                    progress=False)
+        assert half.recall < 0.95  # the smallest power of two that reaches the target
+    assert 1 <= ivf.nprobe <= nlist
+    ivf.save(tmp_path)
+    assert EmbeddingIndex.load(tmp_path).recall == ivf.recall
