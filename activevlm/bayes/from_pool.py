@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.pool.rows import RowView
 
 FIT_MODES = ("auto", "pairs", "labels")
 
@@ -42,8 +43,9 @@ def fit_pool_posterior(
     ``mode="pairs"``: images with their caption activations; ``"labels"``: images against the
     class prompt ensembles (labels are not needed: the GGN does not depend on them).
     Items are shuffled with ``seed`` before being cut into class batches of ``batch_size``.
-    ``prior_precision=None`` maximises the Laplace evidence per modality. The selected
-    activations are read into memory (``n x (d_img + d_txt)`` float32).
+    ``prior_precision=None`` maximises the Laplace evidence per modality. Activations are read
+    from the pool's memory map one batch at a time (``batch_size`` rows in memory, whatever
+    the number of items).
     """
     mode = resolve_fit_mode(pool, mode)
     idx = pool.indices(domain=domain, split=split)
@@ -52,8 +54,8 @@ def fit_pool_posterior(
                          f"(splits present: "
                          f"{sorted(pool.items['split'].dropna().unique().tolist())})")
     idx = idx[np.random.default_rng(seed).permutation(len(idx))]
-    image_act, residual = pool.rows(idx)
-    text_act = (np.asarray(pool.caption_activations[idx], dtype=np.float32) if mode == "pairs"
+    image_act, residual = pool.rows(idx, lazy=True)  # read one KFAC batch at a time
+    text_act = (RowView(pool.caption_activations, idx) if mode == "pairs"
                 else pool.text_activations)
     description = {"pool": str(pool.path), "mode": mode, "split": split, "domain": domain,
                    "n_images": int(len(idx)), "seed": seed, "batch_size": batch_size}

@@ -8,6 +8,7 @@ Orientation (documented once, used everywhere): a projection is a matrix ``W`` o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def augment(act: torch.Tensor, has_bias: bool) -> torch.Tensor:
     if not has_bias:
         return act
     return torch.cat([act, act.new_ones(act.shape[0], 1)], dim=1)
+
+
+def head_fingerprint(head: ProjectionHead) -> str:
+    """Short hash of the image projection (weight and bias): image embeddings, and any index
+    over them, are valid only for the same fingerprint."""
+    h = hashlib.sha256(head.image_weight.detach().cpu().numpy().tobytes())
+    if head.image_bias is not None:
+        h.update(head.image_bias.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -99,3 +99,4 @@ class ShardedArray:
             local = idx[sel] - self._starts[k]
             out[sel] = self._shards[k][local]
         return out
+

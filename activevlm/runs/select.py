@@ -5,7 +5,6 @@ The library behind ``activevlm select``; a notebook calls :func:`select_round` d
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ import pandas as pd
 
 from activevlm.acquisition import SelectionProblem, Strategy, make_strategy, map_probs
 from activevlm.index import EmbeddingIndex, StaleIndexError
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ProjectionHead, head_fingerprint
+from activevlm.pool.embeddings import image_embedding_shards
 from activevlm.runs.config import SelectConfig
 from activevlm.runs.queue import LabelStudioOptions, default_document_root, write_queue
 from activevlm.runs.state import RunState
@@ -33,14 +33,6 @@ class SelectionResult:
     strategy: Strategy
 
 
-def head_fingerprint(head: ProjectionHead) -> str:
-    """Short hash of the image projection: a FAISS index is valid only for the same head."""
-    h = hashlib.sha256(head.image_weight.detach().cpu().numpy().tobytes())
-    if head.image_bias is not None:
-        h.update(head.image_bias.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def pool_index(pool, head: ProjectionHead, folder: str | Path,
                progress: bool = True) -> EmbeddingIndex:
     """The FAISS index of the pool's image embeddings under ``head``, cached in ``folder``
@@ -51,7 +43,8 @@ def pool_index(pool, head: ProjectionHead, folder: str | Path,
         return EmbeddingIndex.load(folder, model_id=pool.model_id, ids=ids, embedding_kind=kind)
     except (FileNotFoundError, StaleIndexError):
         pass
-    emb = pool.image_embeddings(head=head).numpy()
+    emb = image_embedding_shards(pool, head, folder=Path(folder) / "embeddings",
+                                 progress=progress)  # memory-mapped: N x D never in RAM
     index = EmbeddingIndex.build(emb, ids=ids, model_id=pool.model_id, embedding_kind=kind,
                                  progress=progress)
     index.save(folder)
