@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from activevlm.acquisition import JointDraws, score_pool
+from activevlm.acquisition import score_pool
+from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.kfac import estimate_kfac
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.data import load_dataset

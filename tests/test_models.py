@@ -207,10 +207,11 @@ def test_precision_falls_back_to_fp32_on_cpu():
         load_vlm("tiny-clip", device="cpu", precision="fp64")
 
 
-def test_select_path_imports_no_encoder():
-    """`select` (session, strategies, index, posterior) must not pay for open_clip/torchvision;
-    `load_vlm` still loads them on first use."""
-    code = ("import sys, activevlm.cli.main, activevlm.runs.session, activevlm.runs.select\n"
+def test_library_below_the_cli_imports_no_encoder_until_used():
+    """Selection, scoring, index, posterior and pool modules must not pay for open_clip or
+    torchvision through ``activevlm.models``; ``load_vlm`` still loads them on first use."""
+    code = ("import sys, activevlm.runs.select, activevlm.bayes, activevlm.pool, "
+            "activevlm.index, activevlm.acquisition\n"
             "from activevlm.models import ProjectionHead\n"
             "heavy = [m for m in ('open_clip', 'torchvision', 'timm') if m in sys.modules]\n"
             "assert not heavy, heavy\n"
