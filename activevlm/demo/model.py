@@ -8,10 +8,14 @@ Files inside the package: ``activevlm-demo.json`` (the open_clip config),
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from activevlm.models import VLM, load_vlm, register_model_config
+from activevlm import models  # names resolve on use: importing the demo loads no encoder
+
+if TYPE_CHECKING:
+    from activevlm.models import VLM
 
 MODEL_NAME = "activevlm-demo"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -25,7 +29,7 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def register_demo_model() -> str:
     """Register the demo config with open_clip (idempotent); returns ``"activevlm-demo"``."""
-    return register_model_config(CONFIG_PATH)
+    return models.register_model_config(CONFIG_PATH)
 
 
 def demo_checkpoint() -> Path:
@@ -39,7 +43,7 @@ def demo_checkpoint() -> Path:
 
 def load_demo_vlm(device: str | torch.device = "auto") -> VLM:
     """``load_vlm("activevlm-demo", checkpoint=<shipped weights>)``: offline, no download."""
-    return load_vlm(MODEL_NAME, checkpoint=demo_checkpoint(), device=device)
+    return models.load_vlm(MODEL_NAME, checkpoint=demo_checkpoint(), device=device)
 
 
 def pixels_to_tensor(pixels) -> torch.Tensor:
