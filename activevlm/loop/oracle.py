@@ -13,13 +13,15 @@ ORACLE_FILE = "oracle_labels.csv"
 
 
 def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
-    """Label every still-queued item of round ``round_index`` from ``pool.items["label"]``.
+    """Label every item of round ``round_index``'s queue from ``pool.items["label"]``.
 
-    Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names) and imports it
-    with :func:`activevlm.runs.import_labels`. Items without a dataset label are written as
-    skipped (``skipped`` true), as a labeller would.
+    Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names, in queue order)
+    and imports it with :func:`activevlm.runs.import_labels`. Items without a dataset label
+    are written as skipped (``skipped`` true), as a labeller would. Answering a round again
+    (a resumed loop) writes the same file and changes no label.
     """
-    pending = [sid for sid, r in state.queued.items() if r == round_index]
+    queue = pd.read_parquet(state.dir.queue(round_index), columns=["sample_id"])
+    pending = queue["sample_id"].tolist()
     items = pool.items.set_index("sample_id").loc[pending]
     labels = items["label"].to_numpy()
     table = pd.DataFrame({
