@@ -3,6 +3,7 @@ where an uninterrupted run ends.
 
     OMP_NUM_THREADS=1 python benchmarks/crash_campaign.py [--trials 20] [--per-class 100]
         [--commands embed,select,labels-import,finetune,loop] [--seed 0] [--work DIR]
+        [--embed-images 128]
 
 Uses the demo world (``--per-class`` images per class and domain; the default reuses the
 cached demo pool). Per command: one uninterrupted reference run (timed), then ``--trials``
@@ -13,7 +14,8 @@ queue the next round) and compare every file of the run (pool for ``embed``) wit
 reference: bytewise, except timings (``seconds`` fields, the pool's ``created`` time).
 Leftover temporary files or staged folders count as differences (a lock left by a killed
 process is not compared: the next writer takes a stale lock over). Commands run in
-forked children of this process (imports done once), exactly as ``activevlm ARGS``.
+processes forked from a clean fork server that has imported activevlm once (no thread pool
+started before a fork), exactly as ``activevlm ARGS``.
 Prints one table row per command: trials, killed mid-run, exact recoveries.
 """
 
@@ -22,10 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -46,38 +48,31 @@ COMMANDS = ("embed", "select", "labels-import", "finetune", "loop")
 TIMING_KEYS = {"seconds", "select_seconds", "finetune_seconds", "eval_seconds", "created"}
 
 
+def _child(args: list[str], log: str | None) -> None:
+    """Body of a command process: ``activevlm ARGS`` with its output appended to ``log``."""
+    fd = os.open(log or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    app(args, prog_name="activevlm")
+
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["activevlm.cli.main", "activevlm.runs", "activevlm.loop"])
+
+
 def run_forked(args: list[str], kill_after: float | None = None,
                log: Path | None = None) -> tuple[int | None, float]:
-    """Run ``activevlm ARGS`` in a forked child; SIGKILL it after ``kill_after`` seconds.
-    Returns (exit status or None if killed, seconds)."""
+    """Run ``activevlm ARGS`` in a process forked from the fork server; SIGKILL it after
+    ``kill_after`` seconds. Returns (exit status, or None if it was killed; seconds)."""
     start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            fd = os.open(log or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            app(args, prog_name="activevlm")
-        except SystemExit as e:
-            os._exit(e.code if isinstance(e.code, int) else 1)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            os._exit(70)
-        os._exit(0)
-    if kill_after is not None:
-        deadline = start + kill_after
-        while time.perf_counter() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status), time.perf_counter() - start
-            time.sleep(0.005)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    proc = _CONTEXT.Process(target=_child, args=(args, None if log is None else str(log)))
+    proc.start()
+    proc.join(kill_after)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
         return None, time.perf_counter() - start
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), time.perf_counter() - start
+    return proc.exitcode, time.perf_counter() - start
 
 
 def _normalise(path: Path, data: bytes) -> bytes:
@@ -133,7 +128,7 @@ def build_commands(base: Path, pool_dir: Path, image_dir: Path) -> dict[str, Com
         "embed": Command(
             "embed", lambda work: None,
             lambda work: ["embed", "--data", f"manifest:{base / 'embed.csv'}", "--model",
-                          "activevlm-demo", "--shard-size", "64", "--batch-size", "32",
+                          "activevlm-demo", "--shard-size", "32", "--batch-size", "16",
                           "--device", "cpu", "--out", str(work / "pool"), "--no-progress"],
             lambda work: work / "pool"),
         "select": Command(
@@ -161,8 +156,10 @@ def build_commands(base: Path, pool_dir: Path, image_dir: Path) -> dict[str, Com
     }
 
 
-def prepare_base(base: Path, per_class: int, seed: int, log: Callable = print) -> Path:
-    """Starting states shared by the trials; returns the pool directory."""
+def prepare_base(base: Path, per_class: int, seed: int, log: Callable = print,
+                 embed_images: int = 128) -> Path:
+    """Starting states shared by the trials (``embed`` embeds ``embed_images`` random images
+    of the world, in shards of 32); returns the pool directory."""
     if per_class == 100:
         pool = demo_pool(progress=False)
     else:
@@ -170,7 +167,7 @@ def prepare_base(base: Path, per_class: int, seed: int, log: Callable = print) -
                          progress=False)
     items = pool.items
     rng = random.Random(seed)
-    sub = items.iloc[sorted(rng.sample(range(len(items)), min(300, len(items))))]
+    sub = items.iloc[sorted(rng.sample(range(len(items)), min(embed_images, len(items))))]
     pd.DataFrame({"path": sub["path"], "label": [pool.classnames[y] for y in sub["label"]],
                   "domain": sub["domain"], "split": sub["split"]}).to_csv(base / "embed.csv",
                                                                          index=False)
@@ -258,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--commands", default=",".join(COMMANDS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed-images", type=int, default=128)
     parser.add_argument("--work", type=Path, default=None,
                         help="working folder (default: a new temporary folder, deleted)")
     args = parser.parse_args(argv)
@@ -268,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.work or Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     base.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    pool_dir = prepare_base(base, args.per_class, args.seed)
+    pool_dir = prepare_base(base, args.per_class, args.seed, embed_images=args.embed_images)
     df = campaign(commands, args.trials, base, pool_dir, args.seed)
     print(df.drop(columns="failures").to_string(index=False))
     for _, row in df[df["failures"] != ""].iterrows():

@@ -3,10 +3,9 @@ kill -9 campaign (the full one is benchmarks/crash_campaign.py)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,18 +157,10 @@ def test_relative_pool_path_is_stored_absolute_and_a_moved_pool_is_re_pointed(
     assert RunState.load(tmp_path / "run").pool == str(tmp_path / "moved")
 
 
-def load_campaign():
-    spec = importlib.util.spec_from_file_location(
-        "crash_campaign", ROOT / "benchmarks" / "crash_campaign.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reduced_kill_campaign_recovers_exactly(tmp_path):
+def test_reduced_kill_campaign_recovers_exactly(tmp_path, monkeypatch):
     """Two kill -9 trials per command on a small demo world (20 each: the benchmark)."""
-    campaign = load_campaign()
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its processes import it by name
+    campaign = importlib.import_module("crash_campaign")
     pool_dir = campaign.prepare_base(tmp_path, per_class=4, seed=0, log=lambda *a: None)
     df = campaign.campaign(list(campaign.COMMANDS), 2, tmp_path, pool_dir, seed=1,
                            log=lambda *a: None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from activevlm.bayes.posterior import BayesVLMPosterior, PosteriorError
 from activevlm.utils.errors import ConfigError
 
 
@@ -38,8 +39,6 @@ def check_posterior(posterior: str | Path | None, pool) -> None:
     """An explicit posterior folder must load and be for ``pool``'s model."""
     if posterior is None:
         return
-    from activevlm.bayes.posterior import BayesVLMPosterior, PosteriorError
-
     post = BayesVLMPosterior.load(posterior)
     if post.model_id != pool.model_id:
         raise PosteriorError(f"posterior {posterior} is for model {post.model_id!r}, the pool "
