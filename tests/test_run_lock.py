@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from activevlm.runs import RunState
 from activevlm.runs.errors import RunLockedError
 from activevlm.runs.lock import LOCK_FILE, read_holder, run_lock
-from tests.procs import cli_env, run_cli, start_cli, tree_digest
+from tests.procs import cli_env, gate, open_gate, read_until, run_cli, start_cli, tree_digest
 from tests.toy import toy_pool
 
 WAIT = {"ACTIVEVLM_LOCK_WAIT": "300"}  # the second writer waits for the first
@@ -111,16 +110,26 @@ def test_every_writer_command_refuses_a_held_run(pool, tmp_path):
         holder.wait()
 
 
+def at_once(run, commands: list[list[str]]) -> list[tuple[int, str]]:
+    """Start ``commands`` while another process holds ``run``'s lock, so each has read the
+    run before it waits; open the gate once all wait; return (exit status, output) each."""
+    holder = gate(run)
+    procs = [start_cli(args, **WAIT) for args in commands]
+    outs = [read_until(p, "waiting up to") for p in procs]
+    open_gate(holder)
+    return [(p.wait(timeout=600), o + p.stdout.read()) for p, o in zip(procs, outs,
+                                                                       strict=True)]
+
+
 def test_two_label_imports_at_once_keep_all_labels(pool, tmp_path):
     run = tmp_path / "run"
     new_run(pool, run)
     label_csv(pool, tmp_path / "a.csv", range(0, 50))
     label_csv(pool, tmp_path / "b.csv", range(50, 100))
-    procs = [start_cli(["labels", "import", str(tmp_path / f), "--run", str(run)], **WAIT)
-             for f in ("a.csv", "b.csv")]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert all("50 new" in o for o in outs)
+    results = at_once(run, [["labels", "import", str(tmp_path / f), "--run", str(run)]
+                            for f in ("a.csv", "b.csv")])
+    assert [code for code, _ in results] == [0, 0], results
+    assert all("50 new" in out for _, out in results)
     labels = RunState.load(run).labels
     assert len(labels) == 100
     truth = dict(zip(pool.items["sample_id"], pool.items["label"], strict=True))
@@ -131,12 +140,11 @@ def test_select_and_label_import_at_once_lose_nothing(pool, tmp_path):
     run = tmp_path / "run"
     new_run(pool, run)
     label_csv(pool, tmp_path / "a.csv", range(0, 90))
-    select = start_cli(["select", "--pool", str(pool.path), "--run", str(run), "--strategy",
-                        "entropy", "--budget", "10", "--no-progress"], **WAIT)
-    time.sleep(1.0)
-    imp = start_cli(["labels", "import", str(tmp_path / "a.csv"), "--run", str(run)], **WAIT)
-    outs = [p.communicate(timeout=600)[0] for p in (select, imp)]
-    assert [select.returncode, imp.returncode] == [0, 0], outs
+    results = at_once(run, [
+        ["select", "--pool", str(pool.path), "--run", str(run), "--strategy", "entropy",
+         "--budget", "10", "--no-progress"],
+        ["labels", "import", str(tmp_path / "a.csv"), "--run", str(run)]])
+    assert [code for code, _ in results] == [0, 0], results
     state = RunState.load(run)
     assert len(state.labels) == 90 and state.round == 1
     queue = pd.read_parquet(run / "round_000" / "queue.parquet")["sample_id"]
@@ -145,13 +153,24 @@ def test_select_and_label_import_at_once_lose_nothing(pool, tmp_path):
 
 def test_two_selects_on_one_run_make_two_rounds(pool, tmp_path):
     run = tmp_path / "run"
+    new_run(pool, run)
     args = ["select", "--pool", str(pool.path), "--run", str(run), "--strategy", "entropy",
             "--budget", "8", "--force", "--no-progress"]
-    procs = [start_cli(args, **WAIT) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    results = at_once(run, [args, args])
+    assert [code for code, _ in results] == [0, 0], results
     state = RunState.load(run)
     q0, q1 = (set(pd.read_parquet(run / f"round_00{r}" / "queue.parquet")["sample_id"])
               for r in (0, 1))
     assert state.round == 2 and len(q0) == len(q1) == 8 and not q0 & q1
     assert set(state.queued) == q0 | q1  # both announced queues are in the run
+
+
+def test_empty_lock_file_cannot_be_left_and_temp_files_of_a_killed_writer_go(tmp_path):
+    run = tmp_path / "run"
+    (run / "round_001").mkdir(parents=True)
+    orphan = run / "round_001" / ".scores.a1b2c3.tmp.parquet"
+    orphan.write_bytes(b"half")
+    with run_lock(run, wait=0):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+        assert not orphan.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["round_001"]

@@ -5,10 +5,12 @@ notebooks get it too) hold the lock while they read and write the run. A second 
 waits up to ``ACTIVEVLM_LOCK_WAIT`` seconds (default 10) for it, then stops with
 :class:`RunLockedError` naming the holder. The lock file holds the holder's ``pid``, ``host``,
 ``command`` and start time; a lock left by a dead process on this host is stale and taken
-over; a lock from another host is only named (remove it by hand once that run is gone).
-Taking and breaking locks is serialised by ``fcntl.flock`` on the run directory itself (so no
-other file is left behind). The lock is re-entrant within a process (``loop`` calls
-``labels import`` while holding it).
+over; a lock from another host is only named (remove it by hand once that run is gone). The
+lock file is linked into place fully written, so a kill never leaves an empty one; whoever
+takes the lock deletes the temporary files a killed writer left in the run (while it waits,
+a writer says so on stderr). Taking and breaking locks is serialised by ``fcntl.flock`` on
+the run directory itself (so no other file is left behind). The lock is re-entrant within a
+process (``loop`` calls ``labels import`` while holding it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from activevlm.runs.errors import RunLockedError
-from activevlm.utils.io import storage_error
+from activevlm.utils.io import remove_temp_files, storage_error
 
 LOCK_FILE = ".lock"
 DEFAULT_WAIT = 10.0
@@ -88,9 +90,18 @@ def _try_take(run: Path, command: str) -> dict | None:
             return holder
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                   "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        fd = os.open(run / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
+        # written completely under another name, then linked into place: a kill can never
+        # leave an empty lock file (os.link fails if the lock exists, as O_EXCL would)
+        tmp = run / f".{LOCK_FILE.lstrip('.')}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record))
+        try:
+            os.link(tmp, run / LOCK_FILE)
+        except FileExistsError:
+            return read_holder(run) or {"pid": None, "host": None, "command": "unknown"}
+        finally:
+            tmp.unlink(missing_ok=True)
+        for folder in [run, *(p for p in run.rglob("*") if p.is_dir())]:
+            remove_temp_files(folder)  # partial writes of a killed writer (none is running)
         return None
 
 
@@ -115,9 +126,14 @@ def run_lock(run: str | Path, *, wait: float | None = None,
     try:
         run.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait
+        waiting = False
         while (holder := _try_take(run, command)) is not None:
             if time.monotonic() >= deadline:
                 raise RunLockedError(_describe(run, holder))
+            if not waiting:
+                print(f"waiting up to {wait:.0f} s: {_describe(run, holder)}", file=sys.stderr,
+                      flush=True)
+                waiting = True
             time.sleep(0.2)
     except OSError as e:
         raise storage_error(run / LOCK_FILE, e, "lock") from e
