@@ -27,8 +27,8 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def start_cli(args: list[str], **env: str) -> subprocess.Popen:
-    """``python -m activevlm ARGS`` as a child process (stdout and stderr captured)."""
-    return subprocess.Popen([sys.executable, "-m", "activevlm", *args], cwd=ROOT,
+    """The activevlm command (``python -m activevlm.cli.main ARGS``), output captured."""
+    return subprocess.Popen([sys.executable, "-m", "activevlm.cli.main", *args], cwd=ROOT,
                             env=cli_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
