@@ -18,10 +18,12 @@ def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
     Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names, in queue order)
     and imports it with :func:`activevlm.runs.import_labels`. Items without a dataset label
     are written as skipped (``skipped`` true), as a labeller would. Answering a round again
-    (a resumed loop) writes the same file and changes no label.
+    (a resumed loop) writes the same file and changes no label. Without a queue file (items
+    queued by hand in ``state``) the round's still-queued items are answered.
     """
-    queue = pd.read_parquet(state.dir.queue(round_index), columns=["sample_id"])
-    pending = queue["sample_id"].tolist()
+    queue = state.dir.queue(round_index)
+    pending = (pd.read_parquet(queue, columns=["sample_id"])["sample_id"].tolist()
+               if queue.exists() else [s for s, r in state.queued.items() if r == round_index])
     items = pool.items.set_index("sample_id").loc[pending]
     labels = items["label"].to_numpy()
     table = pd.DataFrame({

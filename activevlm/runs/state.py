@@ -72,15 +72,19 @@ class RunState:
         file = path / STATE_FILE
         if not file.exists():
             raise RunNotFoundError(f"no run at {path}: {file} is missing")
-        return cls(path=path, **read_state_file(file))
+        state = cls(path=path, **read_state_file(file))
+        state._seen = _stamp(file)
+        return state
 
     def reload(self) -> None:
-        """Refresh every field from ``state.json`` (another process may have changed it);
-        a run not yet saved is left as it is."""
+        """Refresh every field from ``state.json`` if another writer replaced it since this
+        object last read or wrote it (a run not saved yet, or unchanged on disk, keeps its
+        fields, including changes not saved yet)."""
         file = self.path / STATE_FILE
-        if file.exists():
+        if file.exists() and _stamp(file) != getattr(self, "_seen", None):
             for name, value in read_state_file(file).items():
                 setattr(self, name, value)
+            self._seen = _stamp(file)
 
     @classmethod
     def open_or_create(cls, path: str | Path, pool: str, model_id: str,
@@ -101,6 +105,13 @@ class RunState:
         d = asdict(self)
         d.pop("path")
         atomic_write_json(self.dir.state, {"format_version": FORMAT_VERSION, **d})
+        self._seen = _stamp(self.dir.state)
+
+
+def _stamp(file: Path) -> tuple[int, int, int]:
+    """Identity of one version of a file: atomic writes give each version a new inode."""
+    st = file.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def read_state_file(file: Path) -> dict:
