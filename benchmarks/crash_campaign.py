@@ -6,7 +6,8 @@ where an uninterrupted run ends.
         [--embed-images 128]
 
 Uses the demo world (``--per-class`` images per class and domain; the default reuses the
-cached demo pool). Per command: one uninterrupted reference run (timed), then ``--trials``
+cached demo pool). Per command: a warm-up run (first runs fill caches), one uninterrupted
+reference run (timed), then ``--trials``
 trials that start the same command on a fresh copy of the starting state, SIGKILL it after
 a uniform random fraction of the reference time, rerun it to completion (``select`` only if
 the killed run had not finished its round: a finished ``select`` is not rerun, it would
@@ -216,6 +217,10 @@ def campaign(commands: list[str], trials: int, base: Path, pool_dir: Path, seed:
     rows = []
     for name in commands:
         cmd = table[name]
+        warm = base / "warmup" / name  # first runs fill caches; time a warm run
+        warm.mkdir(parents=True)
+        cmd.prepare(warm)
+        run_forked(cmd.args(warm), log=base / f"{name}.log")
         ref = base / "ref" / name
         ref.mkdir(parents=True)
         cmd.prepare(ref)
