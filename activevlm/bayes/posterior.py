@@ -13,18 +13,39 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from activevlm.bayes.curvature import CurvatureBackend, estimate_factors
 from activevlm.bayes.evidence import log_evidence, optimize_prior_precision
 from activevlm.bayes.kfac import ActivationSource, KFACFactors
-from activevlm.models.head import ProjectionHead, augment, stack_bias
+from activevlm.models.head import (
+    ModelFileError,
+    ProjectionHead,
+    augment,
+    read_safetensors,
+    stack_bias,
+)
+from activevlm.utils.errors import ActiveVLMError
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 _TENSORS_FILE = "posterior.safetensors"
 _META_FILE = "posterior.json"
 _HEAD_FILE = "head"
+
+
+class PosteriorError(ActiveVLMError, ValueError):
+    """A posterior folder that is missing, corrupt, non-finite or for another model."""
+
+
+class PosteriorMissingError(PosteriorError, FileNotFoundError):
+    """A posterior folder lacks one of its files."""
+
+
+def posterior_complete(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a finished :meth:`BayesVLMPosterior.save` (its metadata file
+    is written last)."""
+    return (Path(folder) / _META_FILE).is_file()
 
 
 def _sym_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +288,11 @@ class BayesVLMPosterior:
         Laplace evidence per modality. Scalars or ``(image, text)`` pairs are accepted."""
         n_img, n_txt = _pair(pseudo_count, "pseudo_count")
         lam_img, lam_txt = _pair(prior_precision, "prior_precision")
+        for name, factors in (("image", image_factors), ("text", text_factors)):
+            if not (torch.isfinite(factors.A).all() and torch.isfinite(factors.B).all()):
+                raise PosteriorError(
+                    f"the KFAC factors of the {name} projection contain NaN or inf: the "
+                    f"activations they were fitted on are not finite; nothing was saved")
         posts = []
         for factors, W, has_bias, n, lam in (
             (image_factors, map_weight(head.image_weight, head.image_bias),
@@ -370,20 +396,40 @@ class BayesVLMPosterior:
         folder = Path(folder)
         for p in (folder / _TENSORS_FILE, folder / _META_FILE):
             if not p.exists():
-                raise FileNotFoundError(f"posterior file missing: {p}")
-        meta = read_json(folder / _META_FILE)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder / _META_FILE}: format_version "
-                             f"{meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-        head = ProjectionHead.load(folder / _HEAD_FILE)
-        t = load_file(str(folder / _TENSORS_FILE))
+                raise PosteriorMissingError(f"posterior file missing: {p}")
+        meta_file = folder / _META_FILE
+        try:
+            meta = read_json(meta_file)
+        except ValueError as e:
+            raise PosteriorError(str(e)) from e
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else meta
+            raise PosteriorError(f"{meta_file}: field 'format_version' is {version!r}, "
+                                 f"expected {FORMAT_VERSION}")
+        try:
+            head = ProjectionHead.load(folder / _HEAD_FILE)
+        except (ModelFileError, FileNotFoundError) as e:
+            raise PosteriorError(f"posterior {folder}: {e}") from e
+        t = read_safetensors(folder / _TENSORS_FILE, PosteriorError)
         posts = {}
         for name, W in (("image", map_weight(head.image_weight, head.image_bias)),
                         ("text", map_weight(head.text_weight, head.text_bias))):
-            m = meta[name]
-            posts[name] = ModalityPosterior(W, t[f"{name}.A"], t[f"{name}.B"],
-                                            m["prior_precision"], m["pseudo_count"],
-                                            m["has_bias"])
+            m = meta.get(name)
+            for key in ("prior_precision", "pseudo_count", "has_bias"):
+                if not isinstance(m, dict) or key not in m:
+                    raise PosteriorError(f"{meta_file}: field '{name}.{key}' is missing")
+            for key in (f"{name}.A", f"{name}.B"):
+                if key not in t:
+                    raise PosteriorError(f"{folder / _TENSORS_FILE} lacks the tensor {key!r}")
+                if not torch.isfinite(t[key]).all():
+                    raise PosteriorError(f"{folder / _TENSORS_FILE}: tensor {key!r} contains "
+                                         "NaN or inf; refit the posterior")
+            try:
+                posts[name] = ModalityPosterior(W, t[f"{name}.A"], t[f"{name}.B"],
+                                                float(m["prior_precision"]),
+                                                float(m["pseudo_count"]), bool(m["has_bias"]))
+            except (ValueError, TypeError) as e:
+                raise PosteriorError(f"posterior {folder}, {name} projection: {e}") from e
         return cls(posts["image"], posts["text"], head, meta.get("model_id"),
                    meta.get("data_description", {}))
 

@@ -43,7 +43,9 @@ from activevlm.loop import LoopConfig, run_loop
 from activevlm.pool import open_pool
 from activevlm.runs import DEMO_TARGET_DOMAIN, default_fit_domains, resolve_posterior
 from activevlm.utils.constraints import deep_merge
+from activevlm.utils.errors import ConfigError
 from activevlm.utils.io import atomic_write_parquet
+from activevlm.utils.paths import safe_name
 
 RESULTS_FILE = "results.parquet"
 GRID_KEYS = {"name", "seeds", "strategies", "loop", "datasets"}
@@ -74,7 +76,7 @@ def load_grid_config(config: dict | str | Path) -> dict:
         path = Path(config)
         if not path.exists():
             raise FileNotFoundError(f"benchmark config not found: {path}")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = read_grid_yaml(path)
     unknown = sorted(set(config) - GRID_KEYS)
     if unknown:
         raise ValueError(f"benchmark config: unknown key(s) {unknown}; known: "
@@ -83,15 +85,58 @@ def load_grid_config(config: dict | str | Path) -> dict:
         if not config.get(key):
             raise ValueError(f"benchmark config: {key!r} must be a non-empty list")
     for i, ds in enumerate(config["datasets"]):
+        if not isinstance(ds, dict):
+            raise ConfigError(f"benchmark config: datasets[{i}] is {ds!r:.60}, expected a "
+                              "mapping with 'name' and 'pool'")
         bad = sorted(set(ds) - DATASET_KEYS)
         if bad or "pool" not in ds or "name" not in ds:
             raise ValueError(f"benchmark config: datasets[{i}] needs 'name' and 'pool' and may "
                              f"have {sorted(DATASET_KEYS)}; unknown: {bad}")
+    check_grid_values(config)
     names = [variant_of(s)[0] for s in config["strategies"]]  # fails early on a typo
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"benchmark config: strategy name(s) {repeated} appear more than once")
     return config
+
+
+def read_grid_yaml(path: Path) -> dict:
+    """Parse a benchmark YAML file; syntax errors and a non-mapping top level are
+    :class:`ConfigError` naming the file (and line)."""
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"benchmark config {path}:{where}: not valid YAML ({problem})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"benchmark config {path} is not a UTF-8 text file") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"benchmark config {path}: the top level must be a mapping with "
+                          f"keys {sorted(GRID_KEYS)}, found a {type(config).__name__}")
+    return config
+
+
+def check_grid_values(config: dict) -> None:
+    """Types of the grid's lists, and every name that becomes a folder (datasets, targets)
+    being one path component."""
+    for key in ("seeds", "strategies", "datasets"):
+        if not isinstance(config[key], list):
+            raise ConfigError(f"benchmark config: {key!r} must be a list, got "
+                              f"{config[key]!r:.60}")
+    bad_seeds = [s for s in config["seeds"] if not isinstance(s, int) or isinstance(s, bool)]
+    if bad_seeds:
+        raise ConfigError(f"benchmark config: 'seeds' must be integers, got {bad_seeds[:5]}")
+    for i, ds in enumerate(config["datasets"]):
+        safe_name(ds["name"], f"benchmark config: datasets[{i}].name")
+        targets = ds.get("targets", [None])
+        if not isinstance(targets, list):
+            raise ConfigError(f"benchmark config: datasets[{i}].targets must be a list of "
+                              f"domains (or null), got {targets!r:.60}")
+        for target in targets:
+            if target is not None:
+                safe_name(target, f"benchmark config: datasets[{i}].targets entry")
 
 
 def variant_of(entry: str | dict) -> tuple[str, str, dict]:
@@ -106,9 +151,7 @@ def variant_of(entry: str | dict) -> tuple[str, str, dict]:
         raise ValueError(f"benchmark config: strategy entry {entry!r} must be a strategy name "
                          f"or a mapping with 'name', 'strategy' and optional 'select'")
     LoopConfig.from_dict({"select": {**select, "strategy": strategy}})
-    if "/" in name or not name.strip():
-        raise ValueError(f"benchmark config: strategy name {name!r} must be a non-empty "
-                         "folder name")
+    safe_name(name, "benchmark config: strategy name")
     return name, strategy, select
 
 

@@ -26,14 +26,10 @@ def bench(
     from activevlm.cli.loop import parse_seeds
 
     out = out if out is not None else Path("benchmarks/results") / config.stem
-    try:
-        path = run_grid(config, out, progress=progress, log=console.print,
-                        seeds=None if seeds is None else parse_seeds(seeds),
-                        strategies=None if strategies is None else
-                        [s.strip() for s in strategies.split(",") if s.strip()])
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    path = run_grid(config, out, progress=progress, log=console.print,
+                    seeds=None if seeds is None else parse_seeds(seeds),
+                    strategies=None if strategies is None else
+                    [s.strip() for s in strategies.split(",") if s.strip()])
     if plot:
         for name, p in plot_results(path, out).items():
             console.print(f"  {name:28s} {p}")

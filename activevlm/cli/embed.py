@@ -36,26 +36,22 @@ def embed(
 ) -> None:
     """Embed every image of a dataset once; an interrupted run resumes when re-run."""
     from activevlm.data import load_dataset
-    from activevlm.models import PretrainedUnavailableError, load_vlm, register_model_config
-    from activevlm.pool import PoolError, embed_dataset
+    from activevlm.models import load_vlm, register_model_config
+    from activevlm.pool import embed_dataset
 
-    try:
-        if model_config is not None:
-            registered = register_model_config(model_config)
-            model = model or registered
-        if model is None:
-            raise ValueError("pass --model NAME (or --model-config PATH)")
-        dataset = load_dataset(data)
-        vlm = load_vlm(model, pretrained=pretrained, checkpoint=checkpoint, device=device,
-                       precision=precision)
-        console.print(f"model [bold]{vlm.model_id}[/] on {vlm.device} ({vlm.precision}); "
-                      f"dataset {dataset.name}: {len(dataset)} images, "
-                      f"{len(dataset.classnames)} classes")
-        pool = embed_dataset(dataset, vlm, out, batch_size=batch_size, num_workers=num_workers,
-                             shard_size=shard_size, templates=templates, progress=progress)
-    except (PoolError, ValueError, FileNotFoundError, PretrainedUnavailableError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    if model_config is not None:
+        registered = register_model_config(model_config)
+        model = model or registered
+    if model is None:
+        raise ValueError("pass --model NAME (or --model-config PATH)")
+    dataset = load_dataset(data)
+    vlm = load_vlm(model, pretrained=pretrained, checkpoint=checkpoint, device=device,
+                   precision=precision)
+    console.print(f"model [bold]{vlm.model_id}[/] on {vlm.device} ({vlm.precision}); "
+                  f"dataset {dataset.name}: {len(dataset)} images, "
+                  f"{len(dataset.classnames)} classes")
+    pool = embed_dataset(dataset, vlm, out, batch_size=batch_size, num_workers=num_workers,
+                         shard_size=shard_size, templates=templates, progress=progress)
     counts, dims = pool.manifest["counts"], pool.manifest["dims"]
     arrays = ", ".join(pool.manifest["arrays"])
     console.print(

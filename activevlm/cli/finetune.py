@@ -12,6 +12,9 @@ console = Console()
 
 def finetune(
     run: Path = typer.Option(..., "--run", help="Run directory (written by `activevlm select`)."),
+    pool_dir: Path | None = typer.Option(
+        None, "--pool", help="The run's pool at a new location (re-points the run; checked by "
+        "model id and sample ids)."),
     refit: str = typer.Option("recentre+update", "--refit",
                               help="Posterior refit: none, recentre or recentre+update."),
     val_domain: str | None = typer.Option(
@@ -32,28 +35,30 @@ def finetune(
 ) -> None:
     """Fine-tune the pool's head on all labels of the run; the next `select` uses it."""
     from activevlm.finetune import FinetuneConfig, RefitConfig
-    from activevlm.pool import open_pool
     from activevlm.runs import RunState, adapt_run, base_posterior, default_fit_domains
+    from activevlm.runs.errors import RunError
+    from activevlm.runs.lock import run_lock
+    from activevlm.runs.pool_link import open_run_pool
 
-    try:
-        config = FinetuneConfig(max_epochs=epochs, lr=lr, l2_to_init=l2_to_init, seed=seed,
-                                device=device)
-        refit_config = RefitConfig(mode=refit, device=device)
-        state = RunState.load(run)
-        pool = open_pool(state.pool, model_id=state.model_id)
-        val_rows = None
-        if val_domain is not None or val_split is not None:
-            val_rows = pool.indices(domain=val_domain, split=val_split, labelled=True)
-            if len(val_rows) == 0:
-                raise ValueError(f"pool {pool.path}: no labelled items with domain="
-                                 f"{val_domain!r}, split={val_split!r}")
+    config = FinetuneConfig(max_epochs=epochs, lr=lr, l2_to_init=l2_to_init, seed=seed,
+                            device=device)
+    refit_config = RefitConfig(mode=refit, device=device)
+    state = RunState.load(run)
+    if not state.labels:  # before anything is fitted or written
+        raise RunError(f"run {run} has no labels yet: import some with `activevlm labels "
+                       "import FILE --run RUN` before fine-tuning")
+    pool = open_run_pool(state, pool_dir)
+    val_rows = None
+    if val_domain is not None or val_split is not None:
+        val_rows = pool.indices(domain=val_domain, split=val_split, labelled=True)
+        if len(val_rows) == 0:
+            raise ValueError(f"pool {pool.path}: no labelled items with domain="
+                             f"{val_domain!r}, split={val_split!r}")
+    with run_lock(run):  # one writer per run from the base posterior to the refit
         base = base_posterior(state.dir, pool, posterior, fit_domains=default_fit_domains(pool),
                               progress=progress, log=console.print)
         result = adapt_run(pool, state, finetune=config, refit_config=refit_config, base=base,
                            val_rows=val_rows, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
     h = result.finetune.history
     best = h[h["epoch"] == result.finetune.best_epoch].iloc[0]
     console.print(f"fine-tuned on {result.n_labels} labels: best epoch {result.finetune.best_epoch}"

@@ -51,25 +51,21 @@ def loop(
     from activevlm.bench.grid import resolve_pool
     from activevlm.loop import run_loop
 
-    try:
-        seed_list = parse_seeds(seeds)
-        pool_obj, fit_domains, default_target = resolve_pool(
-            "demo" if pool is None else str(pool), progress=progress)
-        config = LoopConfig.from_dict({
-            "rounds": rounds, "posterior_domains": fit_domains,
-            "select": {"strategy": strategy, "budget": budget, "n_draws": draws,
-                       "n_targets": n_targets,
-                       "target_domain": default_target if target is None else target},
-            "finetune": {"max_epochs": epochs}, "refit": {"mode": refit},
-        })
-        tables = []
-        for seed in seed_list:
-            console.print(f"[bold]seed {seed}[/] -> {run / f'seed{seed}'}")
-            tables.append(run_loop(pool_obj, config, run / f"seed{seed}", seed,
-                                   progress=progress, log=console.print))
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    seed_list = parse_seeds(seeds)
+    pool_obj, fit_domains, default_target = resolve_pool(
+        "demo" if pool is None else str(pool), progress=progress)
+    config = LoopConfig.from_dict({
+        "rounds": rounds, "posterior_domains": fit_domains,
+        "select": {"strategy": strategy, "budget": budget, "n_draws": draws,
+                   "n_targets": n_targets,
+                   "target_domain": default_target if target is None else target},
+        "finetune": {"max_epochs": epochs}, "refit": {"mode": refit},
+    })
+    tables = []
+    for seed in seed_list:
+        console.print(f"[bold]seed {seed}[/] -> {run / f'seed{seed}'}")
+        tables.append(run_loop(pool_obj, config, run / f"seed{seed}", seed,
+                               progress=progress, log=console.print))
     df = pd.concat(tables)
     summary = df.groupby("n_labels")[["accuracy", "nll", "ece", "bayes_accuracy"]].mean()
     console.print(summary.to_string(float_format=lambda v: f"{v:.4f}"))

@@ -59,5 +59,9 @@ app.command("loop")(_loop.loop)
 app.command("bench")(_bench.bench)
 app.command("plot")(_bench.plot)
 
+from activevlm.cli.errors import guard_commands  # noqa: E402
+
+guard_commands(app)  # user errors: one paragraph, exit status 1, no traceback
+
 if __name__ == "__main__":
     app()

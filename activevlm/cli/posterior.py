@@ -36,20 +36,16 @@ def fit(
 ) -> None:
     """Fit KFAC factors of both projections, pick λ, and save the posterior."""
     from activevlm.bayes.from_pool import fit_pool_posterior
-    from activevlm.pool import PoolError, open_pool
+    from activevlm.pool import open_pool
 
     out = out or pool / "posterior"
-    try:
-        p = open_pool(pool)
-        post = fit_pool_posterior(
-            p, mode=mode, split=None if split == "all" else split, domain=domain or None,
-            pseudo_count=pseudo_count, prior_precision=prior_precision, batch_size=batch_size,
-            seed=seed, device=device, progress=progress,
-        )
-        post.save(out)
-    except (PoolError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    p = open_pool(pool)
+    post = fit_pool_posterior(
+        p, mode=mode, split=None if split == "all" else split, domain=domain or None,
+        pseudo_count=pseudo_count, prior_precision=prior_precision, batch_size=batch_size,
+        seed=seed, device=device, progress=progress,
+    )
+    post.save(out)
     desc = post.data_description
     console.print(f"fitted on {desc['n_images']} images of {p.path} (mode {desc['mode']}, "
                   f"split {split})")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activevlm.runs import RunState, import_labels
+from activevlm.runs.pool_link import open_run_pool
 
 console = Console()
 labels_app = typer.Typer(help="Bring labels back into a run.", no_args_is_help=True)
@@ -19,6 +20,8 @@ def labels_import(
     file: Path = typer.Argument(..., help="CSV (sample_id,label[,skipped]), or a Label Studio "
                                 "export: JSON, JSON-MIN or CSV."),
     run: Path = typer.Option(..., "--run", help="Run directory written by `activevlm select`."),
+    pool: Path | None = typer.Option(None, "--pool", help="The run's pool at a new location "
+                                     "(re-points the run; checked by model id and sample ids)."),
 ) -> None:
     """Validate FILE completely, then record its labels in the run (atomically).
 
@@ -26,15 +29,9 @@ def labels_import(
     ids); an item whose annotations were all cancelled (Skip) is never queued again; an
     unannotated item stays queued.
     """
-    from activevlm.pool import open_pool
-
-    try:
-        state = RunState.load(run)
-        pool = open_pool(state.pool)
-        report = import_labels(state, file, set(pool.items["sample_id"]))
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    state = RunState.load(run)
+    pool = open_run_pool(state, pool)
+    report = import_labels(state, file, set(pool.items["sample_id"]))
     console.print(
         f"[green]{report.new} new[/], {report.unchanged} unchanged, {report.changed} relabelled, "
         f"{len(report.skipped)} skipped; run {run} now has {len(state.labels)} labels "
@@ -47,9 +44,15 @@ def labels_import(
                       f"majority:[/] {shown}")
 
 
-def status(run: Path = typer.Option(..., "--run", help="Run directory.")) -> None:
+def status(
+    run: Path = typer.Option(..., "--run", help="Run directory."),
+    pool: Path | None = typer.Option(None, "--pool", help="The run's pool at a new location "
+                                     "(re-points the run; checked by model id and sample ids)."),
+) -> None:
     """Show rounds, labels and the pending queue of a run."""
     state = RunState.load(run)
+    if pool is not None:
+        open_run_pool(state, pool)
     console.print(f"run [bold]{run}[/]  pool {state.pool}  model {state.model_id}")
     table = Table("round", "strategy", "budget", "selected", "seed", "queue")
     for i, r in enumerate(state.rounds):

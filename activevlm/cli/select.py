@@ -76,23 +76,19 @@ def select(
     from activevlm.runs.queue import LabelStudioOptions, pool_image_root
     from activevlm.runs.session import run_select
 
-    try:
-        config = SelectConfig(
-            budget=budget, strategy=strategy,
-            target_split=None if target_split == "all" else target_split, targeted=targeted,
-            pool_split=None if pool_split == "all" else pool_split, n_draws=draws,
-            n_targets=n_targets, seed=seed, epig_top_classes=epig_top_classes,
-            neighbourhood=neighbourhood,
-            batch=BatchOptions(rule=batch, beta=beta, weighting=weighting,
-                               class_balanced=class_balanced, dedup_similarity=dedup))
-        config.resolve(has_target=True)  # contradicting options fail before any work
-        result, state = run_select(config, pool=pool, posterior=posterior, target=target,
-                                   run=run, vilu_model=vilu_model, progress=progress,
-                                   labelstudio=LabelStudioOptions(labelstudio_root, predictions),
-                                   allow_pending=force, log=console.print)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    config = SelectConfig(
+        budget=budget, strategy=strategy,
+        target_split=None if target_split == "all" else target_split, targeted=targeted,
+        pool_split=None if pool_split == "all" else pool_split, n_draws=draws,
+        n_targets=n_targets, seed=seed, epig_top_classes=epig_top_classes,
+        neighbourhood=neighbourhood,
+        batch=BatchOptions(rule=batch, beta=beta, weighting=weighting,
+                           class_balanced=class_balanced, dedup_similarity=dedup))
+    config.resolve(has_target=True)  # contradicting options fail before any work
+    result, state = run_select(config, pool=pool, posterior=posterior, target=target,
+                               run=run, vilu_model=vilu_model, progress=progress,
+                               labelstudio=LabelStudioOptions(labelstudio_root, predictions),
+                               allow_pending=force, log=console.print)
     q = result.queue
     console.print(f"round {result.round}: queued {len(q)} items "
                   f"({result.strategy.label}, seed {config.seed}) in {state.path}")

@@ -52,22 +52,18 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train ViLU on the zero-shot correctness of the pool's model over labelled items."""
-    from activevlm.pool import PoolError, open_pool
+    from activevlm.pool import open_pool
     from activevlm.vilu import ViLUConfig, fit_vilu_on_pool
 
-    try:
-        weight = _failure_weight(failure_weight)
-        config = ViLUConfig(setting=setting, epochs=epochs, batch_size=batch_size, lr=lr,
-                            optimizer=optimizer, failure_weight=weight, num_heads=heads,
-                            patience=patience, seed=seed)
-        p = open_pool(pool)
-        model = fit_vilu_on_pool(p, split=_split(split), domain=domain or None, config=config,
-                                 device=device, progress=progress)
-        out = out or p.path.parent / f"vilu-{p.path.name}"
-        model.save(out)
-    except (PoolError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    weight = _failure_weight(failure_weight)
+    config = ViLUConfig(setting=setting, epochs=epochs, batch_size=batch_size, lr=lr,
+                        optimizer=optimizer, failure_weight=weight, num_heads=heads,
+                        patience=patience, seed=seed)
+    p = open_pool(pool)
+    model = fit_vilu_on_pool(p, split=_split(split), domain=domain or None, config=config,
+                             device=device, progress=progress)
+    out = out or p.path.parent / f"vilu-{p.path.name}"
+    model.save(out)
     console.print(
         f"[green]ViLU saved to {out}.safetensors/.json[/] (model {model.model_id}): best "
         f"validation AUROC {model.val_auroc:.3f} at epoch {model.best_epoch}"
@@ -92,19 +88,15 @@ def evaluate(
 ) -> None:
     """Compare ViLU with MSP, entropy, DOCTOR (and BayesVLM variance): table and plot."""
     from activevlm.bayes.posterior import BayesVLMPosterior
-    from activevlm.pool import PoolError, open_pool
+    from activevlm.pool import open_pool
     from activevlm.vilu import ViLUModel, evaluate_on_pool
 
-    try:
-        p = open_pool(pool)
-        vilu = ViLUModel.load(model, expected_model_id=p.model_id)
-        post = None if posterior is None else BayesVLMPosterior.load(posterior)
-        out = out or model.with_name(f"{model.with_suffix('').name}-eval")
-        table = evaluate_on_pool(vilu, p, split=_split(split), domain=domain or None,
-                                 posterior=post, out=out, device=device)
-    except (PoolError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    p = open_pool(pool)
+    vilu = ViLUModel.load(model, expected_model_id=p.model_id)
+    post = None if posterior is None else BayesVLMPosterior.load(posterior)
+    out = out or model.with_name(f"{model.with_suffix('').name}-eval")
+    table = evaluate_on_pool(vilu, p, split=_split(split), domain=domain or None,
+                             posterior=post, out=out, device=device)
     first = table.iloc[0]
     shown = Table(title=f"Failure prediction: {int(first['n'])} items, "
                         f"{int(first['failures'])} failures (accuracy {first['accuracy']:.3f})")

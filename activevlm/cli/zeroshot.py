@@ -34,21 +34,17 @@ def zeroshot(
     """Evaluate zero-shot classification; write zeroshot.parquet/.csv and reliability.png."""
     from activevlm.bayes.posterior import BayesVLMPosterior
     from activevlm.evaluation import predict_zeroshot, reliability_diagram, summarize
-    from activevlm.pool import PoolError, open_pool
+    from activevlm.pool import open_pool
     from activevlm.utils.io import atomic_write_csv, atomic_write_parquet
 
     out = out or pool / "zeroshot"
-    try:
-        p = open_pool(pool)
-        post = None if posterior is None else BayesVLMPosterior.load(posterior)
-        preds = predict_zeroshot(
-            p, post, domain=domain or None, split=None if split == "all" else split,
-            predictive=predictive, variant=variant, mc_samples=mc_samples, seed=seed,
-            device=device,
-        )
-    except (PoolError, ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    p = open_pool(pool)
+    post = None if posterior is None else BayesVLMPosterior.load(posterior)
+    preds = predict_zeroshot(
+        p, post, domain=domain or None, split=None if split == "all" else split,
+        predictive=predictive, variant=variant, mc_samples=mc_samples, seed=seed,
+        device=device,
+    )
     table = summarize(preds, n_bins)
     atomic_write_parquet(out / "zeroshot.parquet", table)
     atomic_write_csv(out / "zeroshot.csv", table)

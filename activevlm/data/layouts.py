@@ -1,6 +1,7 @@
 """Folder-tree layouts (``[<domain>/]<class>/<image>``), described by a table of `TreeLayout`s.
 
-Expected layouts (images: .jpg/.jpeg/.png/.bmp/.webp in any case, hidden entries skipped):
+Expected layouts (images: .jpg/.jpeg/.png/.bmp/.webp/.gif/.tif/.tiff in any
+case, hidden entries skipped):
 
 - ``folder:PATH`` -- ``PATH/<class>/<image>``, or ``PATH/<domain>/<class>/<image>`` with
   ``domains=True``; classnames = sorted class folder names.
@@ -31,7 +32,13 @@ from typing import Any
 import pandas as pd
 
 from activevlm.data import classlists
-from activevlm.data.dataset import ImageDataset, is_hidden, list_images, subfolders
+from activevlm.data.dataset import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    is_hidden,
+    list_images,
+    subfolders,
+)
 from activevlm.data.registry import register_layout
 from activevlm.data.splits import DEFAULT_RATIOS, assign_splits, parse_ratios
 
@@ -183,7 +190,8 @@ def load_tree(layout: TreeLayout, path: Path, *, split: bool | None = None,
             for domain, name, folder in class_dirs for p in list_images(folder)]
     if not rows:
         where = "; ".join(_describe(f) for _, f in domain_dirs[:4])
-        raise FileNotFoundError(f"{layout.name}: no images (.jpg/.jpeg/.png/.bmp/.webp) found; "
+        kinds = "/".join(sorted(IMAGE_EXTENSIONS))
+        raise FileNotFoundError(f"{layout.name}: no images ({kinds}) found; "
                                 f"expected {layout.expected}; {where}")
     items = pd.DataFrame(rows, columns=["sample_id", "path", "label", "domain"])
     description: dict[str, Any] = {

@@ -22,10 +22,18 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file() or suffix not in {".csv", ".parquet"}:
         found = "does not exist" if not path.exists() else "is not a .csv or .parquet file"
         raise FileNotFoundError(f"manifest: expected {EXPECTED}; {path} {found}")
-    table = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    try:
+        table = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError as e:
+        raise ValueError(f"manifest {path} is empty; expected {EXPECTED}") from e
+    except Exception as e:  # pandas/pyarrow parser errors
+        raise ValueError(f"manifest {path} is not a readable table ({type(e).__name__}: "
+                         f"{e})") from e
     if "path" not in table.columns:
         raise ValueError(f"manifest {path}: no column 'path' (columns: {list(table.columns)}); "
                          f"expected {EXPECTED}")
+    if table.empty:
+        raise ValueError(f"manifest {path} has a header but no rows: it lists no images")
     return table
 
 

@@ -13,13 +13,17 @@ ORACLE_FILE = "oracle_labels.csv"
 
 
 def answer_queue(pool, state: RunState, round_index: int) -> LabelImport:
-    """Label every still-queued item of round ``round_index`` from ``pool.items["label"]``.
+    """Label every item of round ``round_index``'s queue from ``pool.items["label"]``.
 
-    Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names) and imports it
-    with :func:`activevlm.runs.import_labels`. Items without a dataset label are written as
-    skipped (``skipped`` true), as a labeller would.
+    Writes ``round_NNN/oracle_labels.csv`` (sample_id,label with class names, in queue order)
+    and imports it with :func:`activevlm.runs.import_labels`. Items without a dataset label
+    are written as skipped (``skipped`` true), as a labeller would. Answering a round again
+    (a resumed loop) writes the same file and changes no label. Without a queue file (items
+    queued by hand in ``state``) the round's still-queued items are answered.
     """
-    pending = [sid for sid, r in state.queued.items() if r == round_index]
+    queue = state.dir.queue(round_index)
+    pending = (pd.read_parquet(queue, columns=["sample_id"])["sample_id"].tolist()
+               if queue.exists() else [s for s, r in state.queued.items() if r == round_index])
     items = pool.items.set_index("sample_id").loc[pending]
     labels = items["label"].to_numpy()
     table = pd.DataFrame({

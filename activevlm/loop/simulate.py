@@ -29,24 +29,44 @@ from activevlm.loop.evaluate import evaluate_model
 from activevlm.loop.failure import failure_probabilities
 from activevlm.loop.oracle import answer_queue
 from activevlm.runs.adapt import adapt_run, labelled_rows
+from activevlm.runs.checks import check_split, check_target
+from activevlm.runs.lock import writes_run
+from activevlm.runs.pool_link import link_pool
 from activevlm.runs.rundir import RunDir, base_posterior, load_posterior
 from activevlm.runs.select import select_round
 from activevlm.runs.state import RunState
-from activevlm.utils.io import atomic_write_json, atomic_write_text
+from activevlm.utils.io import atomic_write_json, atomic_write_text, dumps_strict
 
 TIMING_COLUMNS = ("select_seconds", "finetune_seconds", "eval_seconds", "seconds")
 
 
 def read_metrics(out_dir: str | Path) -> pd.DataFrame:
     """The rows of ``out_dir/metrics.jsonl`` (empty frame when there are none)."""
+    df = pd.DataFrame(_metric_rows(Path(out_dir)))
+    for col in df.columns:  # null (a non-finite number) -> NaN in numeric columns
+        values = df[col].dropna()
+        if df[col].dtype == object and len(values) < len(df) and values.map(
+                lambda v: isinstance(v, int | float) and not isinstance(v, bool)).all():
+            df[col] = df[col].astype(float)
+    return df
+
+
+def _metric_rows(out_dir: Path) -> list[dict]:
+    """The rows of ``out_dir/metrics.jsonl`` as written (null for a non-finite number)."""
     path = RunDir(out_dir).metrics
-    if not path.exists():
-        return pd.DataFrame()
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines() if path.exists() else []):
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from e
+    return rows
 
 
 def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
-    atomic_write_text(RunDir(out_dir).metrics, "".join(json.dumps(r) + "\n" for r in rows))
+    """One strict JSON object per line (NaN and inf written as null)."""
+    atomic_write_text(RunDir(out_dir).metrics, "".join(dumps_strict(r) + "\n" for r in rows))
 
 
 def _check_loop_file(out_dir: Path, config: LoopConfig, seed: int, model_id: str) -> None:
@@ -114,19 +134,33 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     ``on_round(row)`` is called after each newly finished round.
     """
     out_dir = Path(out_dir)
+    # checked before any posterior is fitted or any file is written
+    check_target(pool, config.target_domain)
+    for option, split in (("pool_split", config.select.pool_split),
+                          ("val_split", config.val_split), ("test_split", config.test_split)):
+        check_split(pool, split, option)
+    val_rows = _rows_of(pool, config.target_domain, config.val_split)
+    return _run_loop(pool, config, out_dir, seed, val_rows, posterior=posterior,
+                     progress=progress, log=log, on_round=on_round)
+
+
+@writes_run("out_dir")  # one writer per run directory
+def _run_loop(pool, config: LoopConfig, out_dir: Path, seed: int, val_rows: np.ndarray, *,
+              posterior, progress: bool, log: Callable, on_round) -> pd.DataFrame:
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_loop_file(out_dir, config, seed, pool.model_id)
     state = RunState.open_or_create(out_dir, str(pool.path), pool.model_id, pool.classnames,
-                                    config={"loop": RunDir(out_dir).loop.name, "seed": seed})
+                                    config={"loop": RunDir(out_dir).loop.name, "seed": seed},
+                                    pool_checksum=pool.sample_id_checksum)
+    link_pool(state, pool)
     run = state.dir
     base = base_posterior(run, pool, posterior, fit_domains=config.posterior_domains,
                           split=config.posterior_split, progress=progress, log=log)
-    val_rows = _rows_of(pool, config.target_domain, config.val_split)
     finetune = replace(config.finetune, seed=seed)
     select = replace(config.select, seed=seed)
     base_name, targeted = select.resolve(has_target=select.target_domain is not None)
     spec = STRATEGIES[base_name]
-    rows = read_metrics(out_dir).to_dict("records")
+    rows = _metric_rows(out_dir)
 
     def evaluate(head, post) -> dict:
         return evaluate_model(pool, head, post, domain=config.target_domain,

@@ -7,7 +7,7 @@ import without open_clip or torchvision, which only commands that run an encoder
 from activevlm.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "ProjectionHead": "head",
+    **dict.fromkeys(["ModelFileError", "ProjectionHead"], "head"),
     **dict.fromkeys(["Link", "link_for", "link_probs"], "links"),
     **dict.fromkeys(["default_checkpoint", "get_model_config", "register_default_checkpoint",
                      "register_model_config"], "registry"),

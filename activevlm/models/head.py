@@ -17,7 +17,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from activevlm.models.links import Link, link_for, link_probs
+from activevlm.utils.errors import ActiveVLMError
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
+
+
+class ModelFileError(ActiveVLMError, ValueError):
+    """A head, checkpoint or model file that is missing, corrupt or does not fit the model."""
+
+
+def read_safetensors(path: Path, error: type[ActiveVLMError]) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a corrupt file raises ``error`` naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
+        raise error(f"{path} is not a readable safetensors file "
+                    f"({type(e).__name__}: {e})") from e
 
 
 def stack_bias(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -151,10 +165,22 @@ class ProjectionHead:
         for p in (st, js):
             if not p.exists():
                 raise FileNotFoundError(f"projection head file missing: {p}")
-        t = load_file(str(st))
-        meta = read_json(js)
-        return cls(
-            t["image_weight"], t["text_weight"], float(meta["logit_scale"]),
-            t.get("image_bias"), t.get("text_bias"), meta.get("logit_bias"),
-            meta.get("metadata", {}),
-        )
+        t = read_safetensors(st, ModelFileError)
+        try:
+            meta = read_json(js)
+        except ValueError as e:
+            raise ModelFileError(str(e)) from e
+        missing = sorted({"image_weight", "text_weight"} - t.keys())
+        if missing:
+            raise ModelFileError(f"{st} lacks the tensor(s) {missing}")
+        if not isinstance(meta, dict) or not isinstance(meta.get("logit_scale"), int | float):
+            raise ModelFileError(f"{js}: field 'logit_scale' must be a number, got "
+                                 f"{meta.get('logit_scale') if isinstance(meta, dict) else meta!r}")
+        try:
+            return cls(
+                t["image_weight"], t["text_weight"], float(meta["logit_scale"]),
+                t.get("image_bias"), t.get("text_bias"), meta.get("logit_bias"),
+                meta.get("metadata", {}),
+            )
+        except ValueError as e:
+            raise ModelFileError(f"{st}: {e}") from e

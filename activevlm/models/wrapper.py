@@ -23,7 +23,7 @@ from rich.progress import track
 from torch import nn
 
 from activevlm.data.prompts import build_prompts
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ModelFileError, ProjectionHead
 from activevlm.models.registry import (
     config_digest,
     default_checkpoint,
@@ -32,6 +32,7 @@ from activevlm.models.registry import (
 )
 from activevlm.models.towers import TextTower, image_tower
 from activevlm.utils.device import resolve_device
+from activevlm.utils.errors import ActiveVLMError
 
 Precision = Literal["auto", "fp32", "amp", "amp_bf16"]
 Family = Literal["clip", "siglip"]
@@ -39,7 +40,7 @@ Family = Literal["clip", "siglip"]
 _AMP_DTYPES = {"amp": torch.float16, "amp_bf16": torch.bfloat16}
 
 
-class PretrainedUnavailableError(RuntimeError):
+class PretrainedUnavailableError(ActiveVLMError, RuntimeError):
     """Pretrained weights for a tag could not be fetched (offline, not cached, no network)."""
 
 
@@ -299,8 +300,23 @@ def load_vlm(
             if ckpt is None:
                 model_id = f"{name}@random-init:seed={seed}:cfg={config_digest(cfg)}"
             else:
-                open_clip.load_checkpoint(model, str(ckpt))
+                load_checkpoint(model, ckpt, name)
                 model_id = f"{name}@sha256:{file_sha256(ckpt)}"
         tokenizer = _tokenizer(name, cfg)
     return VLM(model, preprocess, tokenizer, name=name, pretrained=pretrained, checkpoint=ckpt,
                model_id=model_id, device=dev, amp_dtype=amp_dtype)
+
+
+def load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local state-dict file into ``model`` (tensors only: pickled code is refused)."""
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError; safetensors its own
+        text = str(e)
+        if "Weights only load failed" in text or "Unpickl" in type(e).__name__:
+            raise ModelFileError(
+                f"checkpoint {path} is refused: it is not a plain tensor state dict (loading "
+                "it would run pickled code); save the weights with torch.save(state_dict) or "
+                "safetensors") from e
+        first = " ".join(text.strip().splitlines()[:3])[:400]
+        raise ModelFileError(f"checkpoint {path} does not fit model {name!r}: {first}") from e

@@ -32,7 +32,12 @@ from activevlm.pool import layout
 from activevlm.pool.layout import PoolError
 from activevlm.pool.reader import Batch, ImageReader, collate
 from activevlm.pool.store import Pool, open_pool, read_manifest
-from activevlm.utils.io import atomic_path, atomic_write_json, atomic_write_parquet
+from activevlm.utils.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_parquet,
+    remove_temp_files,
+)
 
 DEFAULT_SHARD_SIZE = 8192
 PLAN_COMPARE = ["sample_id", "label", "domain", "split", "caption"]
@@ -71,12 +76,17 @@ def embed_dataset(
     template_name = templates if isinstance(templates, str) else None
     prompts = resolve_templates(templates)
     plan = _plan_table(dataset.items)
+    if len(plan) == 0:
+        raise PoolError(f"dataset {dataset.name!r} ({dataset.root}) has no images: nothing to "
+                        f"embed into {out}")
     n_shards = math.ceil(len(plan) / shard_size)
 
     manifest = _start_or_resume(out, dataset, vlm, plan, template_name, prompts, shard_size,
                                 n_shards)
     if manifest["status"] == "complete":
         return open_pool(out, model_id=vlm.model_id)
+    for folder in (out, out / layout.SHARD_DIR):  # partial writes of a killed run
+        remove_temp_files(folder)
 
     text_file = out / layout.TEXT_ACT
     if not text_file.exists():

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from activevlm.utils.errors import ActiveVLMError
+
 FORMAT = "activevlm-pool"
 FORMAT_VERSION = 1
 DTYPE = "float32"
@@ -35,7 +37,7 @@ ITEM_COLUMNS = ["sample_id", "path", "label", "domain", "split"]
 FAILURE_COLUMNS = ["sample_id", "path", "error"]
 
 
-class PoolError(ValueError):
+class PoolError(ActiveVLMError, ValueError):
     """A pool directory that is missing, malformed, or does not match the request."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from activevlm.models.head import ProjectionHead
+from activevlm.models.head import ModelFileError, ProjectionHead
 from activevlm.pool import layout
 from activevlm.pool.layout import PoolError
 from activevlm.pool.rows import RowView
@@ -57,6 +58,13 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def sample_id_checksum(self) -> str:
+        """SHA-256 (16 hex) of the sample ids in row order: the same pool, moved or copied,
+        has the same checksum (how a run is re-pointed to it)."""
+        text = "\n".join(self.items["sample_id"].astype(str))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (f"Pool({str(self.path)!r}, model_id={self.model_id!r}, items={len(self)}, "
@@ -156,12 +164,15 @@ def _field(manifest: dict, file: Path, *keys: str):
     return obj
 
 
-def open_pool(path: str | Path, model_id: str | None = None) -> Pool:
+def open_pool(path: str | Path, model_id: str | None = None, *,
+              check_finite: bool = True) -> Pool:
     """Open and validate a complete pool directory written by ``embed_dataset``.
 
     Checks the manifest (present, parseable, format version, status), that shard shapes
     match ``dims``, that row counts match ``counts`` and ``items.parquet``, and, when
-    ``model_id`` is given, that the pool was embedded with that model.
+    ``model_id`` is given, that the pool was embedded with that model. ``check_finite``
+    reads every activation once (chunked) and refuses a pool with a NaN or inf value, naming
+    the rows, so that nothing is ever scored or fitted on them.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -202,7 +213,7 @@ def open_pool(path: str | Path, model_id: str | None = None) -> Pool:
         for f, s in zip(files, shards, strict=True):
             if not f.exists():
                 raise PoolError(f"shard file missing: {f}")
-            arr = np.load(f, mmap_mode="r")
+            arr = _load_shard(f)
             if arr.ndim != 2 or arr.shape != (int(s["rows"]), dim):
                 raise PoolError(f"{f}: shape {list(arr.shape)} does not match manifest "
                                 f"(rows {s['rows']}, dims.{layout.SHARD_ARRAYS[kind]} = {dim})")
@@ -217,10 +228,22 @@ def open_pool(path: str | Path, model_id: str | None = None) -> Pool:
     if residual is not None and dims["residual"] is None:
         raise PoolError(f"{mfile}: residual shards present but field 'dims.residual' is null")
 
+    captions = sharded("caption_act")
+    if check_finite:
+        for kind, arr in (("image_act", image_act), ("residual", residual),
+                          ("caption_act", captions)):
+            if arr is not None:
+                _check_finite(arr, kind, items, path)
+
     text_file = path / layout.TEXT_ACT
     if not text_file.exists():
         raise PoolError(f"class text activations missing: {text_file}")
-    text_act = np.load(text_file).astype(np.float32, copy=False)
+    try:
+        text_act = np.load(text_file).astype(np.float32, copy=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise PoolError(f"{text_file} is not a readable .npy file ({e})") from e
+    if not np.isfinite(text_act).all():
+        raise PoolError(f"{text_file}: the class text activations contain NaN or inf")
     n_classes = len(_field(manifest, mfile, "classnames"))
     if text_act.shape != (n_classes, dims["text_act"]):
         raise PoolError(f"{text_file}: shape {list(text_act.shape)} does not match manifest "
@@ -228,7 +251,7 @@ def open_pool(path: str | Path, model_id: str | None = None) -> Pool:
 
     try:
         head = ProjectionHead.load(path / layout.HEAD)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelFileError) as e:
         raise PoolError(str(e)) from e
     got = {"image_act": head.image_dim, "text_act": head.text_dim, "embed": head.embed_dim}
     for k, v in got.items():
@@ -236,14 +259,40 @@ def open_pool(path: str | Path, model_id: str | None = None) -> Pool:
             raise PoolError(f"{mfile}: field 'dims.{k}' is {dims[k]} but {path / 'head'}"
                             f".safetensors has {v}")
 
-    return Pool(path, manifest, items, failures, image_act, residual, sharded("caption_act"),
+    return Pool(path, manifest, items, failures, image_act, residual, captions,
                 text_act, head)
+
+
+def _load_shard(file: Path) -> np.ndarray:
+    try:
+        return np.load(file, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:  # truncated or not an .npy file
+        raise PoolError(f"{file} is not a readable .npy shard ({e}); the pool is damaged: "
+                        "delete the shard and its shards/shard-NNNNN.json marker, then re-run "
+                        "the same `activevlm embed` command to redo it") from e
+
+
+def _check_finite(arr: ShardedArray, kind: str, items: pd.DataFrame, path: Path,
+                  chunk_rows: int = 65536) -> None:
+    bad = [rows.start + np.flatnonzero(~np.isfinite(values).all(axis=1))
+           for rows, values in arr.chunks(chunk_rows)]
+    bad = np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+    if len(bad):
+        ids = items["sample_id"].to_numpy()[bad[:5]].tolist()
+        raise PoolError(f"pool {path}: {len(bad)} row(s) of the {kind} shards contain NaN or "
+                        f"inf (rows {bad[:5].tolist()}, sample ids {ids}); such activations "
+                        "cannot be scored or fitted: re-embed those images (fp32 precision) "
+                        "or remove them from the dataset")
 
 
 def _read_table(file: Path, expected: int, field: str, mfile: Path) -> pd.DataFrame:
     if not file.exists():
         raise PoolError(f"table missing: {file}")
-    df = pd.read_parquet(file)
+    try:
+        df = pd.read_parquet(file)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a damaged file
+        raise PoolError(f"{file} is not a readable Parquet table ({type(e).__name__}: "
+                        f"{e})") from e
     if len(df) != expected:
         raise PoolError(f"{file} has {len(df)} rows but {mfile} field {field!r} says {expected}")
     return df

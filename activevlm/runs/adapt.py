@@ -18,6 +18,8 @@ from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.finetune import FinetuneConfig, FinetuneResult, RefitConfig, finetune_head
 from activevlm.finetune import refit_posterior as refit
 from activevlm.models.head import ProjectionHead
+from activevlm.runs.errors import RunError
+from activevlm.runs.lock import writes_run
 from activevlm.runs.rundir import save_posterior
 from activevlm.runs.state import RunState
 
@@ -52,6 +54,7 @@ def _activations(pool, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | N
     return torch.from_numpy(act), None if res is None else torch.from_numpy(res)
 
 
+@writes_run("state")  # one writer per run; reloads the state once the lock is held
 def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
               refit_config: RefitConfig | None = None,
               base: BayesVLMPosterior | None = None, val_rows: np.ndarray | None = None,
@@ -66,7 +69,7 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
     start = time.perf_counter()
     rows, labels = labelled_rows(pool, state)
     if len(rows) == 0:
-        raise ValueError(f"run {state.path} has no labels yet: import some with "
+        raise RunError(f"run {state.path} has no labels yet: import some with "
                          "`activevlm labels import` before fine-tuning")
     act, res = _activations(pool, rows)
     val = None

@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from activevlm.data.prompts import clean_classname
+from activevlm.runs.errors import LabelFileError
+from activevlm.runs.lock import writes_run
 from activevlm.runs.state import RunState
 
 
@@ -62,11 +64,14 @@ def _read_csv(path: Path) -> list[Annotation]:
     true (1/yes), which marks a skip."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV ({e})") from e
+    except pd.errors.EmptyDataError as e:
+        raise LabelFileError(f"{path}: the file is empty; a label CSV needs the header "
+                             "sample_id,label and one row per annotation") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LabelFileError(f"{path}: not a readable CSV ({e})") from e
     missing = {"sample_id", "label"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: CSV needs the columns sample_id,label (Label Studio's CSV "
+        raise LabelFileError(f"{path}: CSV needs the columns sample_id,label (Label Studio's CSV "
                          f"export has them for tasks queued by activevlm); missing "
                          f"{sorted(missing)}")
     annotators = df["annotator"] if "annotator" in df else [None] * len(df)
@@ -76,7 +81,7 @@ def _read_csv(path: Path) -> list[Annotation]:
     for sid, label, who, skip in zip(df["sample_id"].str.strip(), df["label"].str.strip(),
                                      annotators, skipped, strict=True):
         if label and skip:
-            raise ValueError(f"{path}: {sid} has a label and skipped={skip}; give one")
+            raise LabelFileError(f"{path}: {sid} has a label and skipped={skip}; give one")
         if label or skip:
             out.append(Annotation(sid, label or None, _text(who) or None))
     return out
@@ -91,12 +96,58 @@ def _choice(result: list) -> str | None:
     return None
 
 
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value),
+                                                                    type(value).__name__)
+
+
+def check_task_structure(path: Path, i: int, task) -> None:
+    """Raise :class:`LabelFileError` naming task ``i`` and the field if a Label Studio task
+    does not have the structure of an export (objects and lists where they belong, and
+    results of a ``<Choices>`` control)."""
+    where = f"{path}: task #{i}"
+    if not isinstance(task.get("data", {}), dict):
+        raise LabelFileError(f"{where}: field 'data' is {_kind(task['data'])}, expected an "
+                             "object with 'sample_id'")
+    annotations = task.get("annotations")
+    annotations = [] if annotations is None else annotations
+    if not isinstance(annotations, list):
+        raise LabelFileError(f"{where}: field 'annotations' is {_kind(annotations)}, expected "
+                             "a list")
+    for j, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise LabelFileError(f"{where}: annotations[{j}] is {_kind(ann)}, expected an "
+                                 "object")
+        results = ann.get("result")
+        results = [] if results is None else results
+        if not isinstance(results, list):
+            raise LabelFileError(f"{where}: annotations[{j}].result is {_kind(results)}, "
+                                 "expected a list")
+        for k, res in enumerate(results):
+            field_name = f"annotations[{j}].result[{k}]"
+            value = res.get("value") if isinstance(res, dict) else None
+            if not isinstance(value, dict):
+                raise LabelFileError(f"{where}: {field_name}.value is {_kind(value)}, "
+                                     "expected an object")
+            if "choices" not in value:
+                raise LabelFileError(
+                    f"{where}: {field_name}.value has no 'choices' (it has "
+                    f"{sorted(value)}); the labelling config must use a <Choices> control "
+                    "with one <Choice> per class")
+            if not isinstance(value["choices"], list) or not all(
+                    isinstance(c, str | int) for c in value["choices"]):
+                raise LabelFileError(f"{where}: {field_name}.value.choices is "
+                                     f"{value['choices']!r:.60}, expected a list of class "
+                                     "names")
+
+
 def _from_full_json(path: Path, tasks: list) -> list[Annotation]:
     out = []
     for i, task in enumerate(tasks):
+        check_task_structure(path, i, task)
         sid = (task.get("data") or {}).get("sample_id")
         if sid is None:
-            raise ValueError(f"{path}: task #{i} has no data.sample_id (was it queued by "
+            raise LabelFileError(f"{path}: task #{i} has no data.sample_id (was it queued by "
                              f"activevlm?)")
         for ann in task.get("annotations") or []:
             who = _text(ann.get("completed_by")) or None
@@ -111,7 +162,7 @@ def _from_json_min(path: Path, records: list) -> list[Annotation]:
     out = []
     for i, rec in enumerate(records):
         if "sample_id" not in rec:
-            raise ValueError(f"{path}: record #{i} of the JSON-MIN export has no sample_id "
+            raise LabelFileError(f"{path}: record #{i} of the JSON-MIN export has no sample_id "
                              f"(was it queued by activevlm?)")
         label = rec.get("label")
         if isinstance(label, dict):  # a choices value kept as a dict
@@ -128,10 +179,14 @@ def _read_json(path: Path) -> list[Annotation]:
     try:
         records = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid Label Studio JSON export ({e})") from e
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path}: a Label Studio export is a JSON list of tasks (JSON) or of "
-                         f"flat records (JSON-MIN)")
+        raise LabelFileError(f"{path}: not a valid Label Studio JSON export ({e})") from e
+    if not isinstance(records, list):
+        raise LabelFileError(f"{path}: a Label Studio export is a JSON list of tasks (JSON) or "
+                             f"of flat records (JSON-MIN), found {_kind(records)}")
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise LabelFileError(f"{path}: task #{bad} is {_kind(records[bad])}, expected an object "
+                             "(a task of a JSON export or a record of a JSON-MIN export)")
     if any("data" in r or "annotations" in r for r in records):
         return _from_full_json(path, records)
     return _from_json_min(path, records)
@@ -141,12 +196,12 @@ def read_annotations(path: str | Path) -> list[Annotation]:
     """Every annotation in a ``.csv`` or ``.json`` label file, unresolved."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise LabelFileError(f"label file not found: {path}")
     if path.suffix.lower() == ".csv":
         return _read_csv(path)
     if path.suffix.lower() == ".json":
         return _read_json(path)
-    raise ValueError(f"{path}: unsupported label file type {path.suffix!r}; use a .csv "
+    raise LabelFileError(f"{path}: unsupported label file type {path.suffix!r}; use a .csv "
                      f"(sample_id,label or Label Studio CSV) or a Label Studio .json export "
                      f"(JSON or JSON-MIN)")
 
@@ -165,7 +220,7 @@ def resolve_labels(raw: dict[str, str], classnames: list[str], source: str) -> d
         else:
             unknown.add(value)
     if unknown:
-        raise ValueError(
+        raise LabelFileError(
             f"{source}: unknown class label(s) {sorted(unknown)[:20]}; expected one of the "
             f"{len(classnames)} class names (e.g. {classnames[:5]}) "
             f"or an id in 0..{len(classnames) - 1}"
@@ -196,24 +251,26 @@ def majority_labels(annotations: list[Annotation], classnames: list[str], source
             disagreements[sid] = {classnames[c]: k for c, k in count.most_common()}
     if ties:
         shown = {sid: disagreements[sid] for sid in sorted(ties)[:20]}
-        raise ValueError(f"{source}: {len(ties)} item(s) have no majority label (annotators "
+        raise LabelFileError(f"{source}: {len(ties)} item(s) have no majority label (annotators "
                          f"tie): {shown}; add an annotation to break each tie or delete the "
                          f"extra ones, then export again. Nothing was imported.")
     skipped = sorted(cancelled - set(labels))
     return labels, skipped, disagreements
 
 
+@writes_run("state")  # one writer per run; reloads the state once the lock is held
 def import_labels(state: RunState, path: str | Path, known_ids: set[str]) -> LabelImport:
     """Validate ``path`` fully, then record its labels in ``state`` atomically.
 
     ``known_ids`` are the pool's sample ids; an id outside it is an error. Importing the same
     file twice changes nothing the second time. Skipped items are remembered as ignored
-    (never queued again) unless they already have a label.
+    (never queued again) unless they already have a label. Holds the run's lock and reloads
+    ``state`` from disk first, so concurrent imports and selections lose nothing.
     """
     annotations = read_annotations(path)
     unknown_ids = sorted({a.sample_id for a in annotations} - known_ids)
     if unknown_ids:
-        raise ValueError(f"{path}: {len(unknown_ids)} sample_id(s) not in the pool, "
+        raise LabelFileError(f"{path}: {len(unknown_ids)} sample_id(s) not in the pool, "
                          f"e.g. {unknown_ids[:10]}")
     labels, skipped, disagreements = majority_labels(annotations, state.classnames, str(path))
     report = LabelImport(disagreements=disagreements)

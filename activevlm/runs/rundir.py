@@ -17,15 +17,15 @@ Derived caches (the index) live in the run, never in the pool, which may be read
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from activevlm.bayes.from_pool import fit_pool_posterior
-from activevlm.bayes.posterior import BayesVLMPosterior
+from activevlm.bayes.posterior import BayesVLMPosterior, PosteriorError, posterior_complete
 from activevlm.models.head import ProjectionHead
+from activevlm.runs.lock import writes_run
+from activevlm.utils.io import atomic_replace_dir, recover_dir
 
 POSTERIOR_META = "posterior.json"
 
@@ -101,22 +101,18 @@ class RunDir:
 
 def save_posterior(posterior: BayesVLMPosterior, folder: str | Path) -> None:
     """Write ``posterior`` to ``folder`` as a whole: into a sibling folder first, then swapped
-    in, so a crash never leaves a mix of two posteriors."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    posterior.save(tmp)
-    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    in (:func:`activevlm.utils.io.atomic_replace_dir`), so a crash never leaves a mix of two
+    posteriors; a kill between the two renames is completed by :func:`load_posterior`."""
+    atomic_replace_dir(folder, posterior.save)
 
 
 def load_posterior(folder: str | Path, pool) -> BayesVLMPosterior:
-    """The posterior in ``folder``, checked to be for ``pool``'s model."""
+    """The posterior in ``folder``, checked to be for ``pool``'s model (after completing a
+    swap of ``folder`` that a kill interrupted)."""
+    recover_dir(folder, posterior_complete)
     post = BayesVLMPosterior.load(folder)
     if post.model_id != pool.model_id:
-        raise ValueError(f"posterior {folder} is for model {post.model_id!r}, the pool "
+        raise PosteriorError(f"posterior {folder} is for model {post.model_id!r}, the pool "
                          f"{pool.path} for {pool.model_id!r}")
     return post
 
@@ -131,6 +127,7 @@ def resolve_posterior(folder: str | Path, pool, given: BayesVLMPosterior | str |
     ``posterior_base``, a benchmark dataset's shared posterior.
     """
     folder = Path(folder)
+    recover_dir(folder, posterior_complete)  # a kill between the two renames of a swap
     if (folder / POSTERIOR_META).exists():
         return load_posterior(folder, pool)
     if isinstance(given, BayesVLMPosterior):
@@ -144,10 +141,14 @@ def resolve_posterior(folder: str | Path, pool, given: BayesVLMPosterior | str |
     return post
 
 
+@writes_run("run")  # one writer per run
 def base_posterior(run: RunDir, pool, given: BayesVLMPosterior | str | Path | None = None,
                    **fit_options) -> BayesVLMPosterior:
     """The run's posterior before any fine-tuning, ``RUN/posterior_base`` (on first need from
-    ``given`` or a fit, see :func:`resolve_posterior`); it also seeds ``RUN/posterior``."""
+    ``given`` or a fit, see :func:`resolve_posterior`); it also seeds ``RUN/posterior``.
+    Holds the run's lock; staged folders of killed writes are deleted."""
+    for folder in (run.base_posterior, run.posterior):
+        recover_dir(folder, posterior_complete, cleanup=True)
     base = resolve_posterior(run.base_posterior, pool, given, **fit_options)
     if not run.has_posterior():
         save_posterior(base, run.posterior)
@@ -158,6 +159,7 @@ def run_posterior(run: RunDir, pool, given: BayesVLMPosterior | str | Path | Non
                   **fit_options) -> BayesVLMPosterior:
     """The posterior a run selects with: ``RUN/posterior`` (refitted after each
     fine-tuning), else the :func:`base_posterior`."""
+    recover_dir(run.posterior, posterior_complete)  # a kill between the renames of a swap
     if run.has_posterior():
         return load_posterior(run.posterior, pool)
     return base_posterior(run, pool, given, **fit_options)

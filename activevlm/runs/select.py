@@ -17,6 +17,7 @@ from activevlm.index import EmbeddingIndex, StaleIndexError
 from activevlm.models.head import ProjectionHead, head_fingerprint
 from activevlm.pool.embeddings import image_embedding_shards
 from activevlm.runs.config import SelectConfig
+from activevlm.runs.lock import writes_run
 from activevlm.runs.queue import LabelStudioOptions, default_document_root, write_queue
 from activevlm.runs.state import RunState
 from activevlm.utils.io import atomic_write_parquet
@@ -65,6 +66,7 @@ def target_points(target_pool, config: SelectConfig, rng: np.random.Generator,
     return rng.permutation(rows)
 
 
+@writes_run("state")  # one writer per run; reloads the state once the lock is held
 def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                  head: ProjectionHead | None = None, target_pool=None,
                  failure_prob: np.ndarray | None = None,

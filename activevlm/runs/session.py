@@ -14,7 +14,9 @@ from activevlm.acquisition import STRATEGIES
 from activevlm.demo.pool import demo_pool
 from activevlm.demo.world import SOURCE_DOMAINS
 from activevlm.pool import open_pool
+from activevlm.runs.checks import check_posterior, check_split, check_target
 from activevlm.runs.config import SelectConfig
+from activevlm.runs.pool_link import link_pool
 from activevlm.runs.queue import LabelStudioOptions
 from activevlm.runs.rundir import RunDir, load_posterior, run_posterior
 from activevlm.runs.select import SelectionResult, select_round
@@ -76,8 +78,16 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
         config = replace(config, target_domain=target)
     spec = STRATEGIES[config.resolve(has_target=target is not None)[0]]
     run_dir = RunDir(Path(run) if run is not None else Path("runs") / name)
+    # checked before any posterior is fitted or any file is written
+    check_target(pool_obj, target)
+    check_split(pool_obj, config.pool_split, "--pool-split")
+    if target_pool is None:
+        check_split(pool_obj, config.target_split, "--target-split")
+    check_posterior(posterior, pool_obj)
     state = RunState.open_or_create(run_dir.path, str(pool_obj.path), pool_obj.model_id,
-                                    pool_obj.classnames, config=config_to_dict(config))
+                                    pool_obj.classnames, config=config_to_dict(config),
+                                    pool_checksum=pool_obj.sample_id_checksum)
+    link_pool(state, pool_obj)  # an existing run re-pointed with --pool
     if state.queued and not allow_pending:
         raise PendingItemsError(state)
     post = None

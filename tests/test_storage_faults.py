@@ -1,0 +1,142 @@
+"""Full disks, read-only folders and interrupted folder swaps leave every file as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from activevlm.runs import RunState, import_labels
+from activevlm.utils import io
+from activevlm.utils.errors import StorageError
+from activevlm.utils.io import (
+    atomic_replace_dir,
+    atomic_write_json,
+    atomic_write_text,
+    dumps_strict,
+    recover_dir,
+)
+from tests.procs import tree_digest
+
+
+def fail_with(code: int):
+    def flush(tmp):
+        raise OSError(code, "injected")
+    return flush
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk is full"),
+                                         (errno.EROFS, "read-only"),
+                                         (errno.EACCES, "permission denied")])
+def test_refused_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, code,
+                                                             words):
+    target = tmp_path / "state.json"
+    target.write_text("old\n")
+    monkeypatch.setattr(io, "_flush", fail_with(code))
+    with pytest.raises(StorageError, match=f"cannot write {target}: .*{words}"):
+        atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_label_import_on_a_full_disk_changes_nothing(tmp_path, monkeypatch):
+    state = RunState.create(tmp_path / "run", "pools/x", "m", ["cat", "dog"])
+    (tmp_path / "l.csv").write_text("sample_id,label\na.png,cat\n")
+    before = tree_digest(tmp_path / "run")
+    monkeypatch.setattr(io, "_flush", fail_with(errno.ENOSPC))
+    with pytest.raises(StorageError, match="state.json: the disk is full"):
+        import_labels(state, tmp_path / "l.csv", {"a.png"})
+    assert tree_digest(tmp_path / "run") == before
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str):
+    """A small tmpfs at ``where`` (skips the test where mounting is not allowed)."""
+    where.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected-error tests cover it")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_real_full_disk_and_read_only_folder_on_tmpfs(tmp_path):
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        state = RunState.create(disk / "run", "pools/x", "m", ["cat", "dog"])
+        ids = {f"img_{i:05d}.png" for i in range(20000)}  # state.json would need ~0.5 MB
+        pd.DataFrame({"sample_id": sorted(ids), "label": "cat"}).to_csv(tmp_path / "l.csv",
+                                                                      index=False)
+        before = tree_digest(disk)
+        with pytest.raises(StorageError, match="disk is full"):
+            import_labels(state, tmp_path / "l.csv", ids)
+        assert tree_digest(disk) == before
+        assert [p.name for p in (disk / "run").iterdir()] == ["state.json"]
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        (tmp_path / "s.csv").write_text("sample_id,label\nimg_00001.png,dog\n")
+        with pytest.raises(StorageError, match="read-only"):
+            import_labels(RunState.load(disk / "run"), tmp_path / "s.csv", ids)
+        assert tree_digest(disk) == before
+
+
+def posterior_like(folder: Path, version: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "posterior.safetensors").write_text(version)
+    (folder / "posterior.json").write_text(version)  # written last: marks it complete
+
+
+def complete(p: Path) -> bool:
+    return (p / "posterior.json").exists()
+
+
+def test_atomic_replace_dir_swaps_whole_folders(tmp_path):
+    folder = tmp_path / "posterior"
+    atomic_replace_dir(folder, lambda p: posterior_like(p, "v1"))
+    atomic_replace_dir(folder, lambda p: posterior_like(p, "v2"))
+    assert (folder / "posterior.json").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
+
+
+@pytest.mark.parametrize("leftovers, expected", [
+    ({"old": "v1", "new": "v2"}, "v2"),  # killed between the two renames (new layout)
+    ({"old": "v1", "tmp": "v2"}, "v2"),  # the same with the older .tmp -> folder swap
+    ({"old": "v1", "tmp": None}, "v1"),  # killed while writing: the old one comes back
+])
+def test_recover_dir_completes_or_rolls_back_a_killed_swap(tmp_path, leftovers, expected):
+    folder = tmp_path / "posterior"
+    for kind, version in leftovers.items():
+        p = tmp_path / f".posterior.abcd{kind}.{kind}"
+        if version is None:
+            p.mkdir()
+            (p / "posterior.safetensors").write_text("half")
+        else:
+            posterior_like(p, version)
+    recover_dir(folder, complete)
+    assert (folder / "posterior.json").read_text() == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
+
+
+def test_recover_dir_leaves_an_existing_folder_alone_unless_cleaning(tmp_path):
+    posterior_like(tmp_path / "posterior", "v1")
+    posterior_like(tmp_path / ".posterior.x.tmp", "v2")
+    assert recover_dir(tmp_path / "posterior", complete) is None
+    assert (tmp_path / ".posterior.x.tmp").exists()  # maybe another writer's
+    recover_dir(tmp_path / "posterior", complete, cleanup=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
+    assert (tmp_path / "posterior" / "posterior.json").read_text() == "v1"
+
+
+def test_json_is_strict_nan_and_inf_become_null(tmp_path):
+    obj = {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}, "e": "x"}
+    assert json.loads(dumps_strict(obj)) == {"a": None, "b": [1.5, None], "c": {"d": None},
+                                             "e": "x"}
+    atomic_write_json(tmp_path / "x.json", obj)
+    assert "NaN" not in (tmp_path / "x.json").read_text()
+    shutil.rmtree(tmp_path / "x.json", ignore_errors=True)
