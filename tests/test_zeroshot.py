@@ -157,7 +157,7 @@ def test_reliability_diagram_per_domain_without_blended_colours(tmp_path):
 
 def test_cli_posterior_fit_and_zeroshot(clip_pool, tmp_path):
     post_dir = tmp_path / "post"
-    res = runner.invoke(app, ["posterior", "fit", "--pool", str(clip_pool.path), "--mode",
+    res = runner.invoke(app, ["posterior", "fit", "--pool", str(clip_pool.path), "--fit-mode",
                               "labels", "--split", "train", "--pseudo-count", "2",
                               "--out", str(post_dir), "--device", "cpu", "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -7,11 +7,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from activevlm.cli.pools import DEFAULT_RUN, RUN_OPTION_HELP
+
 console = Console()
 
 
 def finetune(
-    run: Path = typer.Option(..., "--run", help="Run directory (written by `activevlm select`)."),
+    run: Path = typer.Option(DEFAULT_RUN, "--run", help=RUN_OPTION_HELP),
     pool_dir: Path | None = typer.Option(
         None, "--pool", help="The run's pool at a new location (re-points the run; checked by "
         "model id and sample ids)."),

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from activevlm.cli.pools import open_pool_or_demo, pool_folder, pool_option
+
 console = Console(soft_wrap=True)
 app = typer.Typer(help="Laplace posterior over the projections (BayesVLM).",
                   no_args_is_help=True)
@@ -14,8 +16,8 @@ app = typer.Typer(help="Laplace posterior over the projections (BayesVLM).",
 
 @app.command("fit")
 def fit(
-    pool: Path = typer.Option(..., "--pool", help="Pool directory (from `activevlm embed`)."),
-    mode: str = typer.Option("auto", "--mode", help="pairs (images with captions), labels "
+    pool: Path | None = pool_option(),
+    fit_mode: str = typer.Option("auto", "--fit-mode", help="pairs (images with captions), labels "
                              "(images against class prompts) or auto (pairs if the pool has "
                              "captions)."),
     pseudo_count: float = typer.Option(1.0, "--pseudo-count", min=0.0, help="Pseudo-data "
@@ -36,12 +38,11 @@ def fit(
 ) -> None:
     """Fit KFAC factors of both projections, pick λ, and save the posterior."""
     from activevlm.bayes.from_pool import fit_pool_posterior
-    from activevlm.pool import open_pool
 
-    out = out or pool / "posterior"
-    p = open_pool(pool)
+    p = open_pool_or_demo(pool, progress)
+    out = out or pool_folder(p, "posterior")
     post = fit_pool_posterior(
-        p, mode=mode, split=None if split == "all" else split, domain=domain or None,
+        p, mode=fit_mode, split=None if split == "all" else split, domain=domain or None,
         pseudo_count=pseudo_count, prior_precision=prior_precision, batch_size=batch_size,
         seed=seed, device=device, progress=progress,
     )

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from activevlm.cli.pools import DEFAULT_RUN, RUN_OPTION_HELP
 from activevlm.runs import RunState, import_labels
 from activevlm.runs.pool_link import open_run_pool
 
@@ -19,7 +20,7 @@ labels_app = typer.Typer(help="Bring labels back into a run.", no_args_is_help=T
 def labels_import(
     file: Path = typer.Argument(..., help="CSV (sample_id,label[,skipped]), or a Label Studio "
                                 "export: JSON, JSON-MIN or CSV."),
-    run: Path = typer.Option(..., "--run", help="Run directory written by `activevlm select`."),
+    run: Path = typer.Option(DEFAULT_RUN, "--run", help=RUN_OPTION_HELP),
     pool: Path | None = typer.Option(None, "--pool", help="The run's pool at a new location "
                                      "(re-points the run; checked by model id and sample ids)."),
 ) -> None:
@@ -45,7 +46,7 @@ def labels_import(
 
 
 def status(
-    run: Path = typer.Option(..., "--run", help="Run directory."),
+    run: Path = typer.Option(DEFAULT_RUN, "--run", help=RUN_OPTION_HELP),
     pool: Path | None = typer.Option(None, "--pool", help="The run's pool at a new location "
                                      "(re-points the run; checked by model id and sample ids)."),
 ) -> None:

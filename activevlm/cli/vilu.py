@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from activevlm.cli.pools import open_pool_or_demo, pool_option
+
 console = Console()
 app = typer.Typer(help="ViLU failure predictor: train on a pool, compare with baselines.",
                   no_args_is_help=True)
@@ -29,7 +31,7 @@ def _failure_weight(value: str) -> str | float:
 
 @app.command("train")
 def train(
-    pool: Path = typer.Option(..., "--pool", help="Pool directory (from `activevlm embed`)."),
+    pool: Path | None = pool_option(),
     split: str = typer.Option("train", "--split", help="Items to train on ('all' for every "
                               "split)."),
     domain: list[str] = typer.Option(None, "--domain", help="Restrict to these domains "
@@ -52,14 +54,13 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train ViLU on the zero-shot correctness of the pool's model over labelled items."""
-    from activevlm.pool import open_pool
     from activevlm.vilu import ViLUConfig, fit_vilu_on_pool
 
     weight = _failure_weight(failure_weight)
     config = ViLUConfig(setting=setting, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, failure_weight=weight, num_heads=heads,
                         patience=patience, seed=seed)
-    p = open_pool(pool)
+    p = open_pool_or_demo(pool)
     model = fit_vilu_on_pool(p, split=_split(split), domain=domain or None, config=config,
                              device=device, progress=progress)
     out = out or p.path.parent / f"vilu-{p.path.name}"
@@ -74,7 +75,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    pool: Path = typer.Option(..., "--pool", help="Pool directory (from `activevlm embed`)."),
+    pool: Path | None = pool_option(),
     model: Path = typer.Option(..., "--model", help="ViLU model path (suffix optional)."),
     split: str = typer.Option("test", "--split", help="Items to evaluate on ('all' for every "
                               "split)."),
@@ -88,10 +89,9 @@ def evaluate(
 ) -> None:
     """Compare ViLU with MSP, entropy, DOCTOR (and BayesVLM variance): table and plot."""
     from activevlm.bayes.posterior import BayesVLMPosterior
-    from activevlm.pool import open_pool
     from activevlm.vilu import ViLUModel, evaluate_on_pool
 
-    p = open_pool(pool)
+    p = open_pool_or_demo(pool)
     vilu = ViLUModel.load(model, expected_model_id=p.model_id)
     post = None if posterior is None else BayesVLMPosterior.load(posterior)
     out = out or model.with_name(f"{model.with_suffix('').name}-eval")

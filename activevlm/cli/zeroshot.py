@@ -9,11 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from activevlm.cli.pools import open_pool_or_demo, pool_folder, pool_option
+
 console = Console(soft_wrap=True)
 
 
 def zeroshot(
-    pool: Path = typer.Option(..., "--pool", help="Pool directory (from `activevlm embed`)."),
+    pool: Path | None = pool_option(),
     posterior: Path = typer.Option(None, "--posterior", help="Posterior directory (from "
                                    "`activevlm posterior fit`); adds the Bayesian rows."),
     split: str = typer.Option("test", "--split", help="Items to evaluate ('all' for every "
@@ -23,7 +25,7 @@ def zeroshot(
     predictive: str = typer.Option("probit", "--predictive", help="probit (ProbCosine "
                                    "moments) or mc (Monte Carlo over joint draws)."),
     variant: str = typer.Option("full", "--variant", help="ProbCosine variance: full or diag."),
-    mc_samples: int = typer.Option(64, "--mc-samples", min=1),
+    draws: int = typer.Option(64, "--draws", min=1, help="Joint posterior draws K (mc)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte Carlo draws."),
     n_bins: int = typer.Option(20, "--bins", min=1, help="Confidence bins for ECE."),
     per_domain: bool = typer.Option(False, "--per-domain", help="Reliability diagram: also "
@@ -34,22 +36,21 @@ def zeroshot(
     """Evaluate zero-shot classification; write zeroshot.parquet/.csv and reliability.png."""
     from activevlm.bayes.posterior import BayesVLMPosterior
     from activevlm.evaluation import predict_zeroshot, reliability_diagram, summarize
-    from activevlm.pool import open_pool
     from activevlm.utils.io import atomic_write_csv, atomic_write_parquet
 
-    out = out or pool / "zeroshot"
-    p = open_pool(pool)
+    p = open_pool_or_demo(pool)
+    out = out or pool_folder(p, "zeroshot")
     post = None if posterior is None else BayesVLMPosterior.load(posterior)
     preds = predict_zeroshot(
         p, post, domain=domain or None, split=None if split == "all" else split,
-        predictive=predictive, variant=variant, mc_samples=mc_samples, seed=seed,
+        predictive=predictive, variant=variant, mc_samples=draws, seed=seed,
         device=device,
     )
     table = summarize(preds, n_bins)
     atomic_write_parquet(out / "zeroshot.parquet", table)
     atomic_write_csv(out / "zeroshot.csv", table)
     dataset = p.manifest.get("dataset", {}).get("name", p.path.name)
-    bayes = (f"Bayesian: {predictive}" + (f", {mc_samples} draws, seed {seed}"
+    bayes = (f"Bayesian: {predictive}" + (f", {draws} draws, seed {seed}"
                                           if predictive == "mc" else f" ({variant})"))
     png = reliability_diagram(
         preds.probs, preds.labels, out / "reliability.png", n_bins,
