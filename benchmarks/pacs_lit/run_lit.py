@@ -7,10 +7,11 @@
 
 Per seed (the LiT training seed, the ViLU seed and the loop seed): (1) zero-shot
 deterministic vs Bayesian on the targets' test split; (2) failure prediction on each target's
-test split by ViLU trained on the source domains' and on the whole labelled pool's train
-items, against MSP, entropy, DOCTOR and the BayesVLM variance; (3) the active-learning grid
-of ``--config`` (default ``benchmarks/pacs/pacs.yaml``, the from-scratch model's grid, so new
-strategies added there run here too) with this seed's pool. Writes to ``--out``:
+test split by ViLU trained on the source domains' labelled val items and on the whole
+labelled pool's train items (``VILU_TRAINING``), against MSP, entropy, DOCTOR and the
+BayesVLM variance; (3) the active-learning grid of ``--config`` (default
+``benchmarks/pacs/pacs.yaml``, the from-scratch model's grid, so new strategies added there
+run here too) with this seed's pool. Writes to ``--out``:
 ``zeroshot.parquet``, ``failure.parquet``, ``al/results.parquet``, ``accuracy_<target>.png``,
 ``ece_<target>.png`` and ``results.md``. Resumable: a seed's zero-shot and failure tables are
 kept under ``seeds/`` and the grid resumes cell by cell, so seeds can run in separate
@@ -47,15 +48,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs"))
 from lit_model import MODEL_NAME, TrainSettings, lit_pool  # noqa: E402
 from pacs_clip import DEFAULT_DATA, SOURCE_DOMAINS, TARGET_DOMAINS, pacs_dataset  # noqa: E402
-from run_pacs import VILU_TRAINING, _mean_se, to_markdown  # noqa: E402
+from run_pacs import _mean_se, to_markdown  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "pacs" / "pacs.yaml"
 QUICK_STRATEGIES = ["random", "random-targeted", "entropy", "epig"]
 QUICK_PER_SPLIT = {"train": 6, "val": 2, "test": 3}
 QUICK_TRAINING = {"batch_size": 32, "epochs": 50, "warmup_steps": 20}
 """84 training images: smaller batches and a shorter warm-up so that training takes 150 steps."""
+VILU_TRAINING = {"source": {"split": "val", "domain": list(SOURCE_DOMAINS)},
+                 "pool": {"split": "train", "domain": None}}
+"""ViLU training sets: the source domains' labelled val split (the LiT model makes no error
+on the train split it was trained on, so ViLU would have no failures to learn from there;
+the from-scratch benchmark used that train split), or the whole labelled pool (every
+domain's train split, targets included). Both are disjoint from the test split scored."""
 QUICK_VILU = ("pool",)
-"""The quick model makes no error on its 84 source training images: no source-only ViLU."""
+"""The quick model makes too few errors on its 42 source val images for a source-only ViLU."""
 BASELINES = ("random", "random-targeted")
 FAILURE_METHODS = ["vilu", "msp", "entropy", "doctor", "bayesvlm_variance"]
 
@@ -118,8 +125,10 @@ def grid_config(config: Path, pool_path: Path, seed: int, quick: bool) -> dict:
 def _cells(rows: pd.DataFrame, diff: bool) -> pd.DataFrame:
     mean, se = ("diff_mean", "diff_se") if diff else ("mean", "se")
     fmt = "{:+.3f}" if diff else "{:.3f}"
+    most = rows["n_seeds"].max()
     cell = [fmt.format(m) + ("" if pd.isna(s) else f" ± {s:.3f}")
-            for m, s in zip(rows[mean], rows[se], strict=True)]
+            + ("" if n == most else f" (n={n})")
+            for m, s, n in zip(rows[mean], rows[se], rows["n_seeds"], strict=True)]
     return rows.assign(cell=cell).pivot(index="strategy", columns="n_labels", values="cell")
 
 
@@ -195,7 +204,6 @@ def run_benchmark(data: Path, out: Path, seeds: list[int], *, config: Path = DEF
     if quick:
         dataset = quick_subset(dataset)
         settings = dataclasses.replace(settings, **QUICK_TRAINING)
-    zs, fail, al = [], [], []
     for seed in seeds:
         pool = lit_pool(dataset, dataclasses.replace(settings, seed=seed), progress=progress,
                         log=log)
@@ -207,22 +215,40 @@ def run_benchmark(data: Path, out: Path, seeds: list[int], *, config: Path = DEF
             atomic_write_parquet(done / "failure.parquet",
                                  failure_rows(pool, posterior, seed, out, progress,
                                               QUICK_VILU if quick else tuple(VILU_TRAINING)))
-        zs.append(pd.read_parquet(done / "zeroshot.parquet"))
-        fail.append(pd.read_parquet(done / "failure.parquet"))
-        results = run_grid(grid_config(config, pool.path, seed, quick),
-                           out / "al" / f"seed{seed}", progress=progress, log=log)
-        al.append(pd.read_parquet(results))
+        run_grid(grid_config(config, pool.path, seed, quick), out / "al" / f"seed{seed}",
+                 progress=progress, log=log)
         log(f"seed {seed} done ({time.time() - t0:.0f} s)")
-    tables = {"zeroshot": pd.concat(zs, ignore_index=True),
-              "failure": pd.concat(fail, ignore_index=True),
-              "al": pd.concat(al, ignore_index=True)}
+    return write_report(out, seeds, dataset, config=config, quick=quick,
+                        seconds=time.time() - t0)
+
+
+def write_report(out: Path, seeds: list[int], dataset: ImageDataset, *,
+                 config: Path = DEFAULT_CONFIG, quick: bool = False,
+                 seconds: float | None = None) -> dict[str, pd.DataFrame]:
+    """Gather the seeds' tables found under ``out`` (a run still going contributes what it
+    has finished: the header lists the seeds and grid cells present), write the combined
+    tables, the plots and ``results.md``; returns the tables."""
+    def read(files: list[Path]) -> pd.DataFrame:
+        found = [pd.read_parquet(f) for f in files if f.is_file()]
+        if not found:
+            raise FileNotFoundError(f"no results under {out} for seeds {seeds}")
+        return pd.concat(found, ignore_index=True)
+
+    tables = {"zeroshot": read([out / "seeds" / f"seed{k}" / "zeroshot.parquet" for k in seeds]),
+              "failure": read([out / "seeds" / f"seed{k}" / "failure.parquet" for k in seeds]),
+              "al": read([out / "al" / f"seed{k}" / "results.parquet" for k in seeds])}
     atomic_write_parquet(out / "zeroshot.parquet", tables["zeroshot"])
     atomic_write_parquet(out / "failure.parquet", tables["failure"])
     atomic_write_parquet(out / "al" / "results.parquet", tables["al"])
     test = dataset.items[dataset.items["split"] == "test"]
     plot_curves(tables["al"], out, test["domain"].value_counts().to_dict())
-    header = (f"PACS benchmark on {MODEL_NAME} ({'quick' if quick else 'full'}), seeds "
-              f"{seeds}, config {config.name}, {time.time() - t0:.0f} s")
+    cells = tables["al"].groupby(["target", "strategy"])["seed"].nunique()
+    header = (f"PACS benchmark on {MODEL_NAME} ({'quick' if quick else 'full'}), config "
+              f"{config.name}; seeds with zero-shot and failure tables: "
+              f"{sorted(tables['failure']['seed'].unique().tolist())}; grid cells "
+              f"(target x strategy) with all {len(seeds)} seeds: "
+              f"{int((cells == len(seeds)).sum())} of {len(cells)}"
+              + ("" if seconds is None else f"; {seconds:.0f} s"))
     atomic_write_text(out / "results.md", markdown_report(
         tables["zeroshot"], tables["failure"], tables["al"], header))
     return tables
@@ -238,10 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a PACS subset, fewer strategies")
     parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true",
+                        help="only gather what the seeds have finished into the report")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    run_benchmark(args.data, args.out, args.seeds, config=args.config, quick=args.quick,
-                  settings=TrainSettings(epochs=args.epochs, threads=args.threads))
+    if args.report_only:
+        dataset = pacs_dataset(args.data)
+        write_report(args.out, args.seeds, quick_subset(dataset) if args.quick else dataset,
+                     config=args.config, quick=args.quick)
+    else:
+        run_benchmark(args.data, args.out, args.seeds, config=args.config, quick=args.quick,
+                      settings=TrainSettings(epochs=args.epochs, threads=args.threads))
     print((args.out / "results.md").read_text())
 
 
