@@ -1,6 +1,7 @@
 """The demo-world active-learning benchmark (benchmarks/configs/demo.yaml), run in CI so that a
-regression in any claim it supports turns CI red. Margins are the measured effects minus
-several standard errors (3 seeds; numbers in the comments are from the full grid)."""
+regression in any claim it supports turns CI red: the robust part of the issue-13 findings
+(benchmarks/selection/RESULTS.md). Margins are the measured effects minus several standard
+errors (3 seeds; numbers in the comments are from the full grid)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from activevlm.bench import run_grid
 from activevlm.runs import SelectConfig, run_select
 
 CONFIG = Path(__file__).parents[1] / "benchmarks" / "configs" / "demo.yaml"
-STRATEGIES = ["random-untargeted", "random-targeted", "entropy-targeted", "epig-untargeted",
-              "epig-targeted", "bald-untargeted"]
+STRATEGIES = ["random-untargeted", "random-targeted", "entropy-targeted", "margin-targeted",
+              "epig-untargeted"]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,11 @@ def results(cache) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["entropy", "epig"])
+@pytest.mark.parametrize("strategy", [SelectConfig.strategy, "margin", "epig"])
 def test_the_default_command_queues_what_the_scores_choose(cache, monkeypatch, strategy):
-    """`activevlm select --budget 500` on the demo world: reversing the scores changes the
-    queue (targeted selection chooses among 10 x budget neighbours of the target)."""
+    """`activevlm select --budget 500` on the demo world (the default strategy, and two that
+    use the model): reversing the scores changes the queue (targeted selection chooses among
+    the 10 x budget pool items nearest to the target)."""
     queues, real = [], Strategy.score
     for sign in (1, -1):
         monkeypatch.setattr(Strategy, "score", lambda self, *a, s=sign: s * real(self, *a))
@@ -60,33 +62,33 @@ def test_labels_fix_the_target_and_targeting_beats_random(results):
     assert len(results) == len(STRATEGIES) * 3 * 5
     zero_shot = at(results, "random-untargeted", 0).mean()  # 0.290
     for s in STRATEGIES:
-        assert at(results, s, 100).mean() > zero_shot + 0.35  # all >= 0.76 measured
-    random100 = at(results, "random-untargeted", 100)
-    # measured +0.102 ± 0.004 and +0.073 ± 0.005 (paired by seed)
-    assert (at(results, "entropy-targeted", 100) - random100).mean() > 0.05
-    assert (at(results, "random-targeted", 100) - random100).mean() > 0.04
+        assert at(results, s, 100).mean() > zero_shot + 0.35  # all >= 0.75 measured
+    # choosing among the target's neighbours beats labelling random pool images: seeds 0-2
+    # measured +0.070, +0.081, +0.071 at 50 / 75 / 100 labels (8 seeds: +0.094 ± 0.017,
+    # +0.099 ± 0.012, +0.076 ± 0.008; benchmarks/selection/RESULTS.md)
+    for n in (50, 75, 100):
+        random = at(results, "random-untargeted", n)
+        assert (at(results, "random-targeted", n) - random).mean() > 0.04
 
 
 @pytest.mark.slow
-def test_targeted_epig_beats_random_and_untargeted_epig(results):
-    # seeds 0-2: targeted EPIG - random +0.094 ± 0.006 (75), +0.079 ± 0.009 (100);
-    # targeted - untargeted EPIG +0.035 ± 0.016 (75), +0.042 ± 0.018 (100). BALD is not
-    # asserted: untargeted, it spends labels off the target (-0.122 at 25, +0.017 at 100).
-    for n in (75, 100):
-        random = at(results, "random-untargeted", n)
-        assert (at(results, "epig-targeted", n) - random).mean() > 0.04
-        assert (at(results, "epig-untargeted", n) - random).mean() > 0.0
-        assert (at(results, "epig-targeted", n) - at(results, "epig-untargeted", n)).mean() > 0.0
+def test_margin_beats_entropy_among_the_target_neighbours(results):
+    # seeds 0-2: +0.025 averaged over the 4 budgets (8 seeds: +0.026 ± 0.005)
+    diffs = [at(results, "margin-targeted", n) - at(results, "entropy-targeted", n)
+             for n in (25, 50, 75, 100)]
+    assert pd.concat(diffs).mean() > 0.005
 
 
 @pytest.mark.slow
 def test_untargeted_epig_first_batch_is_redundant(results):
-    # why top-k EPIG trails random at 25 labels: its first 25 picks cover 5-9 of the 25
-    # classes (random: 15-17), although all of them are target-domain images
+    # why top-k EPIG over the whole pool trails: its first 25 picks are all target images
+    # but from 5-9 of the 25 classes (random-targeted: 15-19) and more alike (mean pairwise
+    # cosine 0.54-0.78 vs 0.46-0.50)
     first = results[results["round"] == 1].set_index(["strategy", "seed"])
-    epig, random = first.loc["epig-untargeted"], first.loc["random-untargeted"]
+    epig, random = first.loc["epig-untargeted"], first.loc["random-targeted"]
     assert (epig["n_classes_new"] < random["n_classes_new"] - 3).all()
-    assert (first.loc["epig-untargeted", "target_share"] > 0.9).all()
+    assert (epig["batch_similarity"] > random["batch_similarity"]).all()
+    assert (epig["target_share"] > 0.9).all()
     assert (first.loc["random-untargeted", "target_share"] < 0.5).all()
 
 

@@ -29,7 +29,7 @@ class SelectConfig:
     """
 
     budget: int = 500
-    strategy: str = "epig"
+    strategy: str = "random"  # benchmarks/selection/RESULTS.md: nothing beat it, targeted
     target_domain: str | None = None
     target_split: str | None = "val"
     targeted: bool | None = None

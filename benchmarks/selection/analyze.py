@@ -1,7 +1,7 @@
 """Tables for benchmarks/selection/PROTOCOL.md from one or more ``results.parquet``.
 
     python benchmarks/selection/analyze.py --world demo RESULTS... --world pacs RESULTS... \
-        --out benchmarks/selection/RESULTS.md
+        --out benchmarks/selection/RESULTS.md --plot benchmarks/selection/differences.png
 
 Per world (results of several runs are concatenated; cells are (target, strategy, seed)):
 accuracy mean ± se over seeds per budget, paired differences (same seed and target) to each
@@ -85,10 +85,14 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def report(worlds: dict[str, pd.DataFrame]) -> str:
-    lines: list[str] = []
+    lines: list[str] = [
+        "# Which strategy should `select` default to? — results", "",
+        "Made by `benchmarks/selection/analyze.py` (commands: benchmarks/README.md) under the "
+        "protocol of PROTOCOL.md. Accuracy is on each target's test split; ± is the standard "
+        "error over seeds (and targets); differences are paired by target and seed.", ""]
     raws: dict[str, dict[str, pd.DataFrame]] = {}
     for world, df in worlds.items():
-        seeds = sorted(df["seed"].unique())
+        seeds = sorted(int(s) for s in df["seed"].unique())
         targets = sorted(df["target"].unique())
         lines += [f"## {world}: targets {', '.join(targets)}; seeds {seeds} "
                   f"({len(seeds)}); target test accuracy", "", markdown(accuracy_table(df)), ""]
@@ -127,15 +131,53 @@ def decision(raws: dict[str, dict[str, pd.DataFrame]]) -> list[str]:
     return [markdown(table.set_index("strategy")), "", verdict]
 
 
+def plot_differences(worlds: dict[str, pd.DataFrame], out: Path,
+                     baseline: str = "random-targeted") -> Path:
+    """One panel per world: accuracy minus ``baseline`` (paired) vs labels, mean ± se, one
+    line per strategy (colour and line style distinct for up to 20 strategies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(worlds), figsize=(6.5 * len(worlds), 6.2), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (world, df) in zip(axes[0], worlds.items(), strict=True):
+        p = paired(df[df["n_labels"] > 0], baseline)
+        seeds = df["seed"].nunique()
+        targets = ", ".join(sorted(df["target"].unique()))
+        for i, (strategy, rows) in enumerate(p.groupby("strategy")):
+            g = rows.groupby("n_labels")["diff"]
+            mean, se = g.mean(), g.apply(_se)
+            style = "--" if strategy.endswith("untargeted") else "-"
+            ax.errorbar(mean.index + (i - 7) * 0.4, mean, yerr=se, label=strategy,
+                        color=cmap(i % 20), linestyle=style, marker="o", ms=3, capsize=2)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(title=f"{world}, targets {targets}: test split, {seeds} seeds",
+               xlabel="labels", ylabel=f"accuracy − {baseline} (paired)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5)
+    fig.suptitle(f"Accuracy minus {baseline}, mean ± se over seeds (and targets); "
+                 "dashed: untargeted")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", nargs="+", action="append", required=True,
                         metavar=("NAME", "RESULTS"), help="a world's name and results files")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the Markdown report")
+    parser.add_argument("--plot", type=Path, help="a PNG of the differences to random-targeted")
     args = parser.parse_args(argv)
     worlds = {name: load(files) for name, *files in args.world}
     text = report(worlds)
     args.out.write_text(text)
+    if args.plot is not None:
+        plot_differences(worlds, args.plot)
     print(text)
 
 
