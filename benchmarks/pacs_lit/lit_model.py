@@ -24,7 +24,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -48,29 +48,13 @@ from pacs_clip import (  # noqa: E402
     DEFAULT_DATA,
     DOMAIN_WORDS,
     PROMPTS,
-    SOURCE_DOMAINS,
+    TrainSettings,
     pacs_dataset,
 )
 
 CONFIG_PATH = Path(__file__).resolve().parent / "activevlm-lit-pacs.json"
 MODEL_NAME = CONFIG_PATH.stem
 RECORD_FILE = "training.json"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything that changes the trained weights (part of the cache key)."""
-
-    seed: int = 0
-    source_domains: tuple[str, ...] = SOURCE_DOMAINS
-    split: str = "train"
-    epochs: int = 25
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    plain_fraction: float = 0.5
-    weight_decay: float = 0.05
-    threads: int = 1
 
 
 def register_lit_model() -> str:
