@@ -23,8 +23,8 @@ _EXPORTS = {
                      "parse_strategy", "resolve_targeting"], "options"),
     **dict.fromkeys(["map_probs", "score_pool"], "scoring"),
     **dict.fromkeys(["BatchInputs", "RULES"], "rules"),
-    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy",
-                     "with_batch"], "strategy"),
+    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy"],
+                    "strategy"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

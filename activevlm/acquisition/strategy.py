@@ -19,7 +19,7 @@ Names and targeting: :mod:`activevlm.acquisition.options`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -209,8 +209,3 @@ def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
         raise ValueError(f"neighbourhood must be >= 1 (a multiple of the budget), got "
                          f"{neighbourhood}")
     return Strategy(base, targeted, batch, neighbourhood)
-
-
-def with_batch(strategy: Strategy, **options: Any) -> Strategy:
-    """``strategy`` with other batch options (``dataclasses.replace`` on both levels)."""
-    return replace(strategy, batch=replace(strategy.batch, **options))
