@@ -13,7 +13,9 @@ from activevlm.bayes.evidence import optimize_prior_precision
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.models.head import ProjectionHead
 
-REF = Path("/work/shared/reference/bayesvlm-clip-vit-b-32-laion2b")
+# ../shared beside the checkout (as CI lays it out)
+REF = (Path(__file__).resolve().parents[2] / "shared" / "reference"
+       / "bayesvlm-clip-vit-b-32-laion2b")
 N_PAIRS = 327_680            # pairs the factors were estimated from (reference README)
 pytestmark = pytest.mark.skipif(not REF.exists(), reason=f"reference factors absent: {REF}")
 
