@@ -94,6 +94,13 @@ def cluster_visit_order(labels: np.ndarray, labelled: np.ndarray,
     return ids[np.lexsort((ids, -sizes[ids], existing[ids]))]
 
 
+def _unlabelled_budget(embeddings, labelled: Exclude, budget: int):
+    """``(unit rows [N, D], labelled mask [N], budget capped at the unlabelled count)``."""
+    x = unit_rows(embeddings)
+    lab = exclusion_mask(len(x), labelled)
+    return x, lab, min(budget, int((~lab).sum()))
+
+
 def typiclust(
     embeddings,
     budget: int,
@@ -111,10 +118,8 @@ def typiclust(
     precomputed cluster ids (default: :func:`kmeans_labels` with ``|labelled| + budget``
     clusters and ``seed``). Fewer rows only when the unlabelled rows run out.
     """
-    x = unit_rows(embeddings)
+    x, lab, budget = _unlabelled_budget(embeddings, labelled, budget)
     n = len(x)
-    lab = exclusion_mask(n, labelled)
-    budget = min(budget, int((~lab).sum()))
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     if clusters is None:
@@ -222,10 +227,8 @@ def probcover(
     ``n_classes`` pseudo-classes and ``alpha``. ``labelled``: mask or row ids; their balls are
     covered before the first pick and they are never picked. Ties go to the lowest row.
     """
-    x = unit_rows(embeddings)
+    x, lab, budget = _unlabelled_budget(embeddings, labelled, budget)
     n = len(x)
-    lab = exclusion_mask(n, labelled)
-    budget = min(budget, int((~lab).sum()))
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     if delta is None:

@@ -212,16 +212,21 @@ def pacs_pool(dataset: ImageDataset, settings: TrainSettings = TrainSettings(), 
                          templates=list(PROMPTS), progress=progress)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_settings(argv: list[str] | None, description: str) -> tuple[Path, TrainSettings]:
+    """``(--data, TrainSettings)`` from the command line: one option per scalar setting."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     for key, value in asdict(TrainSettings()).items():
         if not isinstance(value, tuple):
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
-    settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())
-                                if hasattr(args, k)})
-    pool = pacs_pool(pacs_dataset(args.data), settings)
+    return args.data, TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())
+                                       if hasattr(args, k)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    data, settings = parse_settings(argv, __doc__.splitlines()[0])
+    pool = pacs_pool(pacs_dataset(data), settings)
     print(f"pool {pool.path}")
 
 

@@ -18,7 +18,6 @@ of the settings, the config and the file lists: nothing derived from PACS is shi
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -45,11 +44,11 @@ from activevlm.utils.io import atomic_write_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs"))
 from pacs_clip import (  # noqa: E402
     CAPTIONS,
-    DEFAULT_DATA,
     DOMAIN_WORDS,
     PROMPTS,
     TrainSettings,
     pacs_dataset,
+    parse_settings,
 )
 
 CONFIG_PATH = Path(__file__).resolve().parent / "activevlm-lit-pacs.json"
@@ -209,15 +208,8 @@ def lit_pool(dataset: ImageDataset, settings: TrainSettings = TrainSettings(), *
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    for key, value in asdict(TrainSettings()).items():
-        if not isinstance(value, tuple):
-            parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
-    args = parser.parse_args(argv)
-    settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())
-                                if hasattr(args, k)})
-    pool = lit_pool(pacs_dataset(args.data), settings)
+    data, settings = parse_settings(argv, __doc__.splitlines()[0])
+    pool = lit_pool(pacs_dataset(data), settings)
     print(f"pool {pool.path}")
 
 
