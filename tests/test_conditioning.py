@@ -97,3 +97,25 @@ def test_pathwise_draws_have_the_conditioned_covariance():
         assert rel_err(emp, prev) > 5 * MC_TOL
         # the mean is untouched: the deviations stay centred
         assert state.deviation.mean(0).abs().max() < 0.02
+
+
+def test_deferred_updates_equal_eager_rank_one_updates():
+    """Rows read at different times (some never until the end) hold exactly the embeddings of
+    the eager update ``g −= β(uᵀx̃)δ`` applied to every row at every pick."""
+    post, text_act = toy_posterior(D=5, d_img=6, seed=4)
+    act = torch.randn(12, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    state = make_state(post, text_act, act, 7, seed=1)
+    eager = state.deviation.clone()  # [K, P, D], nothing deferred yet
+    aug = post.image.augment(act)
+    a_inv = post.image.A_tilde_inv.clone()
+    for step, row in enumerate([3, 8, 3, 0, 11, 5]):
+        pick = state.condition(row)
+        u = a_inv @ aug[row]
+        beta = (1.0 - (1.0 + pick.c * pick.v) ** -0.5) / pick.v
+        assert pick.beta == pytest.approx(beta, rel=1e-12)
+        eager -= beta * (aug @ u)[None, :, None] * eager[:, row][:, None, :]
+        a_inv -= pick.c / (1 + pick.c * pick.v) * torch.outer(u, u)
+        read = [step, (step + 5) % 12, 9] if step % 2 else [row, 1]
+        torch.testing.assert_close(state.embeddings(read), eager[:, read] + state.mean[read],
+                                   rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state.deviation, eager, rtol=1e-10, atol=1e-12)

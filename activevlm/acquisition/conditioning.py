@@ -16,8 +16,14 @@ Every joint draw is updated exactly, without re-sampling: with ``u = Ã⁻¹ã``
 ``W_k' = W* + (W_k − W*)(I − β·ã uᵀ)`` is a draw of ``MN(W*, B̃⁻¹, Ã'⁻¹)``; on embeddings,
 ``g_k'(x) = g_k(x) − β·(uᵀx̃)·δ_k``. ``Ã⁻¹`` follows by Sherman–Morrison,
 ``Ã'⁻¹ = Ã⁻¹ − c·uuᵀ/(1 + c·v)``, so the next pick's ``u``, ``v`` and ``δ`` use the updated
-state. A pick costs ``O(d² + P·d + K·P·D)`` for ``P`` tracked inputs. The text projection's
-posterior is left unchanged (an image label informs ``W_img``).
+state. The text projection's posterior is left unchanged (an image label informs ``W_img``).
+
+The updates are additive, ``g_k^{(J)}(x) = g_k(x) − Σ_{j<J} β_j (u_jᵀx̃) δ_{k,j}``, with
+``u_j``, ``β_j``, ``δ_j`` independent of ``x``; so they are **deferred**: a pick records
+``(u_j, β_j, δ_j)`` and an input's embeddings catch up only when they are read, as one matrix
+product ``[R, J'] @ [J', K·D]`` over the picks it missed. A pick costs ``O(d² + K·D)`` plus
+the catch-up of the rows read afterwards (greedy selection reads a few blocks of candidates
+per pick), instead of a memory-bound pass over all ``K·P·D`` tracked embeddings.
 """
 
 from __future__ import annotations
@@ -91,10 +97,11 @@ class Pick:
 class PathwiseConditioning:
     """K joint draws evaluated on ``P`` tracked inputs, conditioned pick by pick.
 
-    State: ``mean [P, D]`` (``W*x̃ (+ r)``), ``deviation [K, P, D]`` (``g_k(x) − g*(x)``),
-    ``act [P, d]`` (augmented, float64), ``curvature [P]`` (``c = n·γ`` of each input),
-    ``a_tilde_inv [d, d]`` (float64, the current column covariance ``Ã⁻¹``). The class side
-    (text draws, logit scale/bias, link) is ``draws``'s and never changes.
+    State: ``mean [P, D]`` (``W*x̃ (+ r)``), ``deviation [K, P, D]`` (``g_k(x) − g*(x)``, all
+    picks applied), ``act [P, d]`` (augmented, float64), ``curvature [P]`` (``c = n·γ`` of each
+    input), ``a_tilde_inv [d, d]`` (float64, the current column covariance ``Ã⁻¹``). The class
+    side (text draws, logit scale/bias, link) is ``draws``'s and never changes. Memory:
+    ``K·P·D`` tracked deviations plus ``K·D`` per pick for the deferred updates.
     """
 
     def __init__(self, posterior, draws: JointDraws, text_act, act, residual=None,
@@ -116,7 +123,7 @@ class PathwiseConditioning:
         if residual is not None:
             self.mean = self.mean + to_tensor(residual, dev, dt)
         # [K, D, d] @ [d, P] as one matmul, then [K, P, D]
-        self.deviation = (
+        self._deviation = (
             torch.matmul(draws.image_weight, aug.T).transpose(1, 2) - aug @ post.W_map.to(
                 device=dev, dtype=dt).T
         ).contiguous()
@@ -125,34 +132,71 @@ class PathwiseConditioning:
             posterior, text_act, a, residual, loss=loss).to(dev)
         self.a_tilde_inv = post.A_tilde_inv.to(device=dev, dtype=torch.float64).clone()
         self.picks: list[Pick] = []
+        k, p, d_out = self._deviation.shape
+        # deferred updates, rows 0..J-1 of growing buffers: β_j·u_j [J, d], δ_j [J, K·D];
+        # _applied [P]: how many picks each tracked row has absorbed
+        self._beta_u = torch.empty(0, self.act.shape[1], device=dev, dtype=torch.float64)
+        self._delta = torch.empty(0, k * d_out, device=dev, dtype=dt)
+        self._applied = torch.zeros(p, dtype=torch.long, device=dev)
 
     @property
     def num_tracked(self) -> int:
         return self.mean.shape[0]
+
+    @property
+    def deviation(self) -> torch.Tensor:
+        """``[K, P, D]`` deviations of every tracked input with all picks applied."""
+        self._catch_up(torch.arange(self.num_tracked, device=self.mean.device))
+        return self._deviation
+
+    def _catch_up(self, rows: torch.Tensor) -> None:
+        """Apply to ``rows`` (unique, ``[R]``) the picks they have not seen, as one product
+        ``coef [R, J'] @ δ [J', K·D]`` with ``coef[r, j] = β_j·u_jᵀx̃_r`` (0 where applied)."""
+        n_picks = len(self.picks)
+        seen = self._applied[rows]
+        behind = seen < n_picks
+        if not bool(behind.any()):
+            return
+        rows, seen = rows[behind], seen[behind]
+        first = int(seen.min())
+        coef = self.act[rows] @ self._beta_u[first:n_picks].T  # [R, J']
+        missed = torch.arange(first, n_picks, device=rows.device)[None, :] >= seen[:, None]
+        coef = (coef * missed).to(self._delta.dtype)
+        k, _, d_out = self._deviation.shape
+        update = (coef @ self._delta[first:n_picks]).view(len(rows), k, d_out)
+        self._deviation[:, rows] -= update.transpose(0, 1)
+        self._applied[rows] = n_picks
 
     def embeddings(self, rows=None) -> torch.Tensor:
         """Current per-draw unnormalised embeddings ``[K, n, D]`` of tracked ``rows``."""
         if rows is None:
             return self.deviation + self.mean
         rows = torch.as_tensor(rows, device=self.mean.device)
-        return self.deviation[:, rows] + self.mean[rows]
+        self._catch_up(torch.unique(rows))
+        return self._deviation[:, rows] + self.mean[rows]
 
     def probs(self, rows=None) -> torch.Tensor:
         """Current class probabilities ``[K, n, C]`` of tracked ``rows`` (all when None)."""
         return self.draws.probs_from_embeddings(self.embeddings(rows))
 
     def condition(self, row: int) -> Pick:
-        """Fold tracked input ``row`` into the posterior (label-free) and update all draws."""
+        """Fold tracked input ``row`` into the posterior (label-free); every draw's embeddings
+        follow, deferred until they are read."""
+        self._catch_up(torch.tensor([row], device=self.mean.device))
+        n_picks = len(self.picks)
         a = self.act[row]
         u = self.a_tilde_inv @ a  # [d]
         v = float(a @ u)
         c = float(self.curvature[row])
         beta = (1.0 - (1.0 + c * v) ** -0.5) / v
-        coef = (beta * (self.act @ u)).to(self.deviation.dtype)  # β·uᵀx̃  [P]
-        delta = self.deviation[:, row].clone()  # δ_k  [K, D]
-        k, p = self.deviation.shape[:2]
-        # g_k(x) −= (β uᵀx̃) δ_k for all x: one in-place batched rank-one update
-        self.deviation.baddbmm_(coef.expand(k, p)[..., None], delta[:, None, :], alpha=-1.0)
+        delta = self._deviation[:, row].reshape(-1)  # δ_k  [K·D]
+        if n_picks == len(self._delta):  # grow the buffers geometrically
+            self._beta_u = torch.cat([self._beta_u, torch.empty_like(self._beta_u)
+                                      .resize_(max(1, n_picks), self._beta_u.shape[1])])
+            self._delta = torch.cat([self._delta, torch.empty_like(self._delta)
+                                     .resize_(max(1, n_picks), self._delta.shape[1])])
+        self._beta_u[n_picks] = beta * u
+        self._delta[n_picks] = delta
         self.a_tilde_inv -= (c / (1.0 + c * v)) * torch.outer(u, u)
         pick = Pick(int(row), c, v, beta)
         self.picks.append(pick)
