@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv with activevlm and its pinned dependencies (CPU FAISS, dev tools).
+# Create ./.venv with activevlm and its pinned dependencies (CPU FAISS, dev tools, Ray).
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ fi
 # PyPI's CUDA builds of torch/torchvision run on CPU machines too (there is no CPU torchvision
 # wheel); bytecode is compiled at install because PYTHONDONTWRITEBYTECODE may be set.
 "${UV[@]}" pip install --quiet --python .venv/bin/python --compile-bytecode \
-    -c requirements/constraints.txt -e ".[cpu,dev]"
+    -c requirements/constraints.txt -e ".[cpu,dev,ray]"
 # Label Studio for the end-to-end labelling test, in its own environment (never fatal here).
 bash scripts/setup_labelstudio.sh \
     || echo "warning: Label Studio could not be installed; its end-to-end test will skip" >&2
