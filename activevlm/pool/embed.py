@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,37 @@ def embed_dataset(
     complete pool returns it. Raises ``PoolError`` when ``out`` holds a pool of another
     model, another dataset plan, other templates or another shard size.
     """
+    job = prepare_job(dataset, vlm, out, batch_size=batch_size, shard_size=shard_size,
+                      templates=templates, progress=progress)
+    if job.complete:
+        return open_pool(job.out, model_id=vlm.model_id)
+    if job.pending:
+        embed_shards(dataset, vlm, job.out, job.plan, job.pending, shard_size, batch_size,
+                     num_workers, progress)
+    return finalise_pool(job.out, job.manifest, job.plan, job.n_shards)
+
+
+@dataclass
+class EmbedJob:
+    """What is left to embed into ``out``: the ``plan`` table (one row per dataset item),
+    its ``manifest``, and the ``pending`` shard indices (those without a marker)."""
+
+    out: Path
+    plan: pd.DataFrame
+    manifest: dict
+    n_shards: int
+    pending: list[int]
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest["status"] == "complete"
+
+
+def prepare_job(dataset, vlm, out: str | Path, *, batch_size: int, shard_size: int,
+                templates: str | Sequence[str], progress: bool) -> EmbedJob:
+    """Check the request against ``out``, write or check its manifest and plan, clear
+    partial writes of a killed run and write the class text activations: everything
+    ``embed_dataset`` (and its Ray form) does before the image shards."""
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, "
                          f"{shard_size}")
@@ -84,7 +116,7 @@ def embed_dataset(
     manifest = _start_or_resume(out, dataset, vlm, plan, template_name, prompts, shard_size,
                                 n_shards)
     if manifest["status"] == "complete":
-        return open_pool(out, model_id=vlm.model_id)
+        return EmbedJob(out, plan, manifest, n_shards, [])
     for folder in (out, out / layout.SHARD_DIR):  # partial writes of a killed run
         remove_temp_files(folder)
 
@@ -94,10 +126,7 @@ def embed_dataset(
             np.save(tmp, _class_text_activations(vlm, list(dataset.classnames), prompts, progress))
 
     pending = [k for k in range(n_shards) if not layout.shard_file(out, "marker", k).exists()]
-    if pending:
-        _embed_shards(dataset, vlm, out, plan, pending, shard_size, batch_size, num_workers,
-                      progress)
-    return _finalise(out, manifest, plan, n_shards)
+    return EmbedJob(out, plan, manifest, n_shards, pending)
 
 
 def _plan_table(items: pd.DataFrame) -> pd.DataFrame:
@@ -262,8 +291,10 @@ class _ShardBatches:
         return sum(math.ceil(len(r) / self.batch_size) for r in self.shards)
 
 
-def _embed_shards(dataset, vlm, out: Path, plan: pd.DataFrame, pending: list[int],
-                  shard_size: int, batch_size: int, num_workers: int, progress: bool) -> None:
+def embed_shards(dataset, vlm, out: Path, plan: pd.DataFrame, pending: list[int],
+                 shard_size: int, batch_size: int, num_workers: int, progress: bool) -> None:
+    """Embed the ``pending`` shards of ``plan`` in order, writing each shard's arrays and
+    then its marker atomically as soon as its last batch is done."""
     dims = read_manifest(out)["dims"]
     has_captions = "caption" in plan.columns
     kinds = _array_kinds(dims, has_captions)
@@ -312,7 +343,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _finalise(out: Path, manifest: dict, plan: pd.DataFrame, n_shards: int) -> Pool:
+def finalise_pool(out: Path, manifest: dict, plan: pd.DataFrame, n_shards: int) -> Pool:
     """Gather shard markers into items/failures tables and mark the manifest complete."""
     keep = np.ones(len(plan), dtype=bool)
     failures, shards = [], []

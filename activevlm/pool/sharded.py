@@ -38,6 +38,11 @@ class ShardedArray:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def __reduce__(self):
+        """Pickle as the file names, not the data: a copy sent to another process (a loader
+        worker, a Ray task) maps the same files."""
+        return type(self), (self.files, self._dim, self.dtype)
+
     def __repr__(self) -> str:
         return f"ShardedArray(shape={self.shape}, shards={len(self._shards)}, dtype={self.dtype})"
 
