@@ -22,6 +22,7 @@ _EXPORTS = {
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
                      "parse_strategy", "resolve_targeting"], "options"),
     **dict.fromkeys(["map_probs", "score_pool"], "scoring"),
+    **dict.fromkeys(["ray_scorer", "score_pool_ray"], "ray_scoring"),
     **dict.fromkeys(["BatchInputs", "RULES"], "rules"),
     **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy"],
                     "strategy"),

@@ -58,7 +58,9 @@ class SelectionProblem:
     or loaded by the caller, on first need). ``n_draws``: joint posterior draws K;
     ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``). ``labelled``: pool
     rows already labelled or queued (coverage rules count them as covered). ``device``:
-    where the greedy rules run ("auto": CUDA when present).
+    where the greedy rules run ("auto": CUDA when present). ``scorer``: what scores the
+    candidates for the score-order rules, ``score_pool`` or a drop-in with its signature
+    (``ray_scoring.ray_scorer``: the same scores computed on a Ray cluster).
     """
 
     pool: Any
@@ -76,6 +78,7 @@ class SelectionProblem:
     labelled: np.ndarray | None = None
     device: str = "auto"
     progress: bool = True
+    scorer: Callable[..., np.ndarray] = score_pool
 
     def __post_init__(self) -> None:
         if self.target_pool is None:
@@ -191,9 +194,9 @@ class Strategy:
             target_probs = draws.probs_chunked(*p.target_pool.rows(p.target_rows, lazy=True))
         failure = None if p.failure_prob is None else p.failure_prob[rows]
         act, residual = pool.rows(rows, lazy=True)
-        scores = score_pool(draws, act, h, residual=residual, target_probs=target_probs,
-                            external_scores=failure if spec.failure == "scores" else None,
-                            generator=generator, chunk_size=p.chunk_size, progress=p.progress)
+        scores = p.scorer(draws, act, h, residual=residual, target_probs=target_probs,
+                          external_scores=failure if spec.failure == "scores" else None,
+                          generator=generator, chunk_size=p.chunk_size, progress=p.progress)
         if spec.failure == "weights":
             scores = failure_weighted(scores, failure)
         return scores

@@ -25,7 +25,9 @@ class SelectConfig:
     draws K. ``batch``: the batch rule and its options (:class:`BatchOptions`).
     ``epig_top_classes``: EPIG over each input's top classes plus "other" (a lower bound,
     ``(C / (c + 1))²`` times cheaper). ``device``: where the greedy batch rules run ("auto":
-    CUDA when present).
+    CUDA when present). ``ray``: score the candidates of untargeted selection on Ray
+    (``acquisition.ray_scoring``; same scores), on a local Ray or on the cluster at
+    ``ray_address`` (which implies ``ray``).
     """
 
     budget: int = 500
@@ -42,6 +44,8 @@ class SelectConfig:
     epig_top_classes: int | None = None
     neighbourhood: float = 10.0
     device: str = "auto"
+    ray: bool = False
+    ray_address: str | None = None
 
     _constraints = {
         "budget": [Interval(1, None, integer=True)],
@@ -58,6 +62,8 @@ class SelectConfig:
         "epig_top_classes": [None, Interval(1, None, integer=True)],
         "neighbourhood": [Interval(1, None)],
         "device": [str],
+        "ray": [bool],
+        "ray_address": [None, str],
     }
 
     def __post_init__(self) -> None:
@@ -68,3 +74,8 @@ class SelectConfig:
         """``(strategy base name, targeted)`` these options mean with or without a target
         set (:func:`activevlm.acquisition.options.resolve_targeting`)."""
         return resolve_targeting(self.strategy, has_target=has_target, targeted=self.targeted)
+
+    @property
+    def uses_ray(self) -> bool:
+        """Whether untargeted scoring runs on Ray (``ray`` or a ``ray_address``)."""
+        return self.ray or self.ray_address is not None

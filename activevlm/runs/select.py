@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from activevlm.acquisition import SelectionProblem, Strategy, make_strategy, map_probs
+from activevlm.acquisition import (
+    SelectionProblem,
+    Strategy,
+    make_strategy,
+    map_probs,
+    ray_scorer,
+    score_pool,
+)
 from activevlm.index import EmbeddingIndex, StaleIndexError
 from activevlm.models.head import ProjectionHead, head_fingerprint
 from activevlm.pool.embeddings import image_embedding_shards
@@ -118,7 +125,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         index=lambda: pool_index(pool, head, state.dir.index, progress),
         n_draws=config.n_draws, chunk_size=config.chunk_size,
         epig_top_classes=config.epig_top_classes, labelled=np.flatnonzero(done),
-        device=config.device, progress=progress)
+        device=config.device, progress=progress,
+        scorer=ray_scorer(config.ray_address) if config.uses_ray and not strategy.targeted
+        else score_pool)
 
     selection = strategy.select(problem, config.budget, round_seed)
 
