@@ -32,26 +32,43 @@ def embed(
                                   "fp32, amp, amp_bf16."),
     shard_size: int = typer.Option(8192, "--shard-size", min=1, help="Images per shard file "
                                    "(the unit of resume)."),
+    ray: bool = typer.Option(False, "--ray", help="Embed the shards on Ray actors (a local "
+                             "Ray unless --ray-address); same pool files."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Embed on the Ray "
+                                           "cluster at HOST:PORT (or 'auto'); implies --ray. "
+                                           "--out must be on a file system its nodes share."),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1, help="Encoder copies "
+                                          "(default: one per GPU, else per 1 + "
+                                          "--num-workers CPUs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Embed every image of a dataset once; an interrupted run resumes when re-run."""
     from activevlm.data import load_dataset
     from activevlm.models import load_vlm, register_model_config
-    from activevlm.pool import embed_dataset
+    from activevlm.pool import embed_dataset, embed_dataset_ray
+    from activevlm.utils.ray_cluster import connect
 
     if model_config is not None:
         registered = register_model_config(model_config)
         model = model or registered
     if model is None:
         raise ValueError("pass --model NAME (or --model-config PATH)")
+    on_ray = ray or ray_address is not None
+    if on_ray:  # a missing package or a silent address fails before any work
+        connect(ray_address, progress=progress)
     dataset = load_dataset(data)
     vlm = load_vlm(model, pretrained=pretrained, checkpoint=checkpoint, device=device,
                    precision=precision)
     console.print(f"model [bold]{vlm.model_id}[/] on {vlm.device} ({vlm.precision}); "
                   f"dataset {dataset.name}: {len(dataset)} images, "
                   f"{len(dataset.classnames)} classes")
-    pool = embed_dataset(dataset, vlm, out, batch_size=batch_size, num_workers=num_workers,
-                         shard_size=shard_size, templates=templates, progress=progress)
+    options = dict(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                   templates=templates, progress=progress)
+    if on_ray:
+        pool = embed_dataset_ray(dataset, vlm, out, address=ray_address, actors=ray_actors,
+                                 **options)
+    else:
+        pool = embed_dataset(dataset, vlm, out, **options)
     counts, dims = pool.manifest["counts"], pool.manifest["dims"]
     arrays = ", ".join(pool.manifest["arrays"])
     console.print(

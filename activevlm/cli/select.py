@@ -69,22 +69,35 @@ def select(
         "Studio task as a pre-annotation."),
     force: bool = typer.Option(False, "--force", help="Queue a new round even though earlier "
                                "queued items still await labels."),
+    ray: bool = typer.Option(_SELECT.ray, "--ray", help="Untargeted: score the pool on Ray "
+                             "(a local Ray unless --ray-address); same scores and queue."),
+    ray_address: str | None = typer.Option(
+        _SELECT.ray_address, "--ray-address", help="Score on the Ray cluster at HOST:PORT "
+        "(or 'auto'); implies --ray."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score the unlabelled pool and write the next labelling queue into the run directory."""
     from activevlm.pool import open_pool
     from activevlm.runs.queue import LabelStudioOptions, pool_image_root
     from activevlm.runs.session import run_select
+    from activevlm.utils.ray_cluster import connect
 
     config = SelectConfig(
         budget=budget, strategy=strategy,
         target_split=None if target_split == "all" else target_split, targeted=targeted,
         pool_split=None if pool_split == "all" else pool_split, n_draws=draws,
         n_targets=n_targets, seed=seed, epig_top_classes=epig_top_classes,
-        neighbourhood=neighbourhood,
+        neighbourhood=neighbourhood, ray=ray, ray_address=ray_address,
         batch=BatchOptions(rule=batch, beta=beta, weighting=weighting,
                            class_balanced=class_balanced, dedup_similarity=dedup))
     config.resolve(has_target=True)  # contradicting options fail before any work
+    if config.uses_ray:
+        _, targeted_now = config.resolve(has_target=target is not None)
+        if targeted_now:
+            console.print("[yellow]note:[/] --ray scores untargeted selection only; this "
+                          "targeted round scores its few candidates here")
+        else:  # a missing package or a silent address fails before any work
+            connect(config.ray_address, progress=progress)
     result, state = run_select(config, pool=pool, posterior=posterior, target=target,
                                run=run, vilu_model=vilu_model, progress=progress,
                                labelstudio=LabelStudioOptions(labelstudio_root, predictions),
