@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -168,6 +169,7 @@ def scoring_inputs(tmp_path_factory):
 def test_ray_scores_equal_score_pool(ray_cluster, scoring_inputs):
     """BALD here; EPIG and entropy through selection below."""
     draws, act, residual = scoring_inputs
+    assert len(pickle.dumps(act)) < 4096  # the actors get file names, not 48 kB of rows
     kwargs = dict(residual=residual, chunk_size=64, progress=False)
     expected = score_pool(draws, act, "bald", **kwargs)
     # 200 rows per task is rounded up to 4 chunks: 4 ranges that cut through the shards
@@ -196,6 +198,13 @@ def test_select_round_on_ray_queues_the_same_items(ray_cluster, toy, tmp_path, m
     """Untargeted EPIG (target: the sketch domain's val items) on 72 train items."""
     pool, posterior = toy
     monkeypatch.setattr(ray_scoring_module, "DEFAULT_CHUNKS_PER_TASK", 2)  # 5 ranges of 16
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return score_pool_ray(*args, **kwargs)
+
+    monkeypatch.setattr(ray_scoring_module, "score_pool_ray", spy)
     results = {}
     for name, ray in (("single", False), ("ray", True)):
         state = RunState.create(tmp_path / name, str(pool.path), pool.model_id, pool.classnames)
@@ -207,6 +216,7 @@ def test_select_round_on_ray_queues_the_same_items(ray_cluster, toy, tmp_path, m
     pd.testing.assert_frame_equal(pd.read_parquet(ours.paths["scores"]),
                                   pd.read_parquet(single.paths["scores"]))
     assert len(pd.read_parquet(ours.paths["scores"])) == 72  # every train item was scored
+    assert len(calls) == 1 and calls[0]["address"] is None  # the Ray round went through Ray
 
 
 def test_cli_select_on_ray_queues_the_same_items(ray_cluster, toy, tmp_path):
@@ -216,5 +226,6 @@ def test_cli_select_on_ray_queues_the_same_items(ray_cluster, toy, tmp_path):
     plain = runner.invoke(app, [*args, "--run", str(tmp_path / "a")])
     on_ray = runner.invoke(app, [*args, "--run", str(tmp_path / "b"), "--ray"])
     assert plain.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
+    assert RunState.load(tmp_path / "b").rounds[0]["ray"] is True
     assert (pd.read_csv(tmp_path / "a" / "round_000" / "queue.csv").equals(
         pd.read_csv(tmp_path / "b" / "round_000" / "queue.csv")))

@@ -60,6 +60,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
+    if not progress:  # nor its "execution finished" lines
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
 
 
