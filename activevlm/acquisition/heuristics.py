@@ -7,6 +7,10 @@ Heuristics are registered by name (baal-style) so that configs and the CLI can r
     >>> get_heuristic("bald")(probs)                      # [N]
     >>> get_heuristic("epig")(probs, target_probs=t)      # t [K, M, C] from the SAME K draws
 
+A heuristic registered with ``per_input=True`` reads only each input's own ``[K, C]``
+probabilities, so draws exact per input (``MarginalDraws``, far cheaper than weight draws)
+give it scores of exactly the same law; EPIG reads the joint of pool and target inputs.
+
 Some heuristics need more than ``probs``; each declares what in ``requires``:
 ``target_probs`` (EPIG), ``generator`` (random), ``external_scores`` (ViLU failure
 probabilities computed elsewhere). Those with ``uses_probs=False`` only read
@@ -28,12 +32,14 @@ EXTRA_INPUTS = ("target_probs", "generator", "external_scores")
 
 @dataclass(frozen=True)
 class Heuristic:
-    """A named scoring rule ``fn(probs [K, N, C], **requires) -> scores [N]``."""
+    """A named scoring rule ``fn(probs [K, N, C], **requires) -> scores [N]``; ``per_input``:
+    the score of input i reads only ``probs[:, i]``."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     requires: tuple[str, ...] = ()
     uses_probs: bool = True
+    per_input: bool = False
 
     def __call__(
         self,
@@ -61,9 +67,11 @@ _REGISTRY: dict[str, Heuristic] = {}
 
 
 def register_heuristic(
-    name: str, *, requires: tuple[str, ...] = (), uses_probs: bool = True
+    name: str, *, requires: tuple[str, ...] = (), uses_probs: bool = True,
+    per_input: bool = False,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
-    """Decorator: register ``fn(probs, **requires) -> scores [N]`` under ``name``."""
+    """Decorator: register ``fn(probs, **requires) -> scores [N]`` under ``name``
+    (``per_input``: see :class:`Heuristic`)."""
     unknown = set(requires) - set(EXTRA_INPUTS)
     if unknown:
         raise ValueError(f"unknown heuristic inputs {sorted(unknown)}; known: {EXTRA_INPUTS}")
@@ -71,7 +79,7 @@ def register_heuristic(
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"heuristic {name!r} is already registered")
-        _REGISTRY[name] = Heuristic(name, fn, tuple(requires), uses_probs)
+        _REGISTRY[name] = Heuristic(name, fn, tuple(requires), uses_probs, per_input)
         return fn
 
     return deco
@@ -101,13 +109,13 @@ def random_scores(probs: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return torch.rand(n, generator=generator, device=generator.device).to(probs.device)
 
 
-@register_heuristic("entropy")
+@register_heuristic("entropy", per_input=True)
 def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
     """``H[p̄(y|x)]`` with ``p̄`` the mean over draws (MAP entropy when K = 1): ``[N]``."""
     return entropy(probs.mean(0))
 
 
-@register_heuristic("margin")
+@register_heuristic("margin", per_input=True)
 def margin(probs: torch.Tensor) -> torch.Tensor:
     """``1 - (p̄₁ - p̄₂)`` of the two largest mean class probabilities: smallest margin first."""
     if probs.shape[-1] < 2:
@@ -116,7 +124,7 @@ def margin(probs: torch.Tensor) -> torch.Tensor:
     return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
-@register_heuristic("bald")
+@register_heuristic("bald", per_input=True)
 def bald(probs: torch.Tensor) -> torch.Tensor:
     """Mutual information ``H[p̄] - (1/K) Σ_k H[p_k]`` between label and weights: ``[N]``."""
     return (entropy(probs.mean(0)) - entropy(probs).mean(0)).clamp_min(0.0)

@@ -9,12 +9,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from activevlm.acquisition.heuristics import Heuristic, get_heuristic
 from activevlm.bayes.draws import JointDraws
+from activevlm.bayes.marginal_draws import MarginalDraws
 from activevlm.models.head import ProjectionHead
 from activevlm.utils.tensors import to_tensor
 
 
 def score_pool(
-    draws: JointDraws,
+    draws: JointDraws | MarginalDraws,
     pool_act,
     heuristic: str | Heuristic,
     *,
@@ -33,8 +34,14 @@ def score_pool(
     EPIG needs ``target_probs [K, M, C]`` from the same draws
     (``draws.probs_chunked(target_act)``); ``random`` a seeded ``generator``; ``vilu``
     ``external_scores [N]``. Heuristics that ignore probabilities are evaluated in one go.
+    ``MarginalDraws`` (exact per input only) serve ``per_input`` heuristics.
     """
     h = get_heuristic(heuristic)
+    if not draws.joint_across_inputs and h.uses_probs and not h.per_input:
+        raise ValueError(
+            f"heuristic {h.name!r} reads more than one input's predictive: it needs JointDraws "
+            "(draw k the same model for every input), not MarginalDraws (exact per input only)"
+        )
     n = pool_act.shape[0]
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

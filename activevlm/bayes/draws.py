@@ -10,6 +10,7 @@ precomputed, and an image chunk costs one batched matmul ``[K, D, d] @ [d, n]`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,17 @@ from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_tensor
 from activevlm.utils.validation import check_shape
+
+
+def class_embeddings(text_weights: torch.Tensor, text_act, head: ProjectionHead,
+                     device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Unit-norm class embeddings ``[K, C, D]`` of class text activations ``text_act [C, d_txt]``
+    under text weight draws ``[K, D, d_txt(+1)]`` (bias as last column when ``head`` has one)."""
+    t = to_tensor(text_act, device, dtype)
+    check_shape(t, "text_act", ("C", head.text_dim))
+    t = augment(t, head.text_bias is not None)
+    w_txt = text_weights.to(device=device, dtype=dtype)
+    return F.normalize(torch.matmul(w_txt, t.T).transpose(1, 2), dim=-1)
 
 
 @dataclass
@@ -35,6 +47,9 @@ class JointDraws:
     logit_scale: float
     logit_bias: float | None = None
     image_bias_column: bool = False
+    #: draw k is the same model for every input (what EPIG and conditioning need); see
+    #: :class:`activevlm.bayes.marginal_draws.MarginalDraws` for draws exact per input only
+    joint_across_inputs: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         k, d, _ = self.image_weight.shape
@@ -91,11 +106,7 @@ class JointDraws:
                 f"image_weights has {image_weights.shape[0]} draws, text_weights "
                 f"{text_weights.shape[0]}: joint draws come in pairs"
             )
-        t = to_tensor(text_act, dev, dtype)
-        check_shape(t, "text_act", ("C", head.text_dim))
-        t = augment(t, txt_bias)
-        w_txt = text_weights.to(device=dev, dtype=dtype)
-        h = F.normalize(torch.matmul(w_txt, t.T).transpose(1, 2), dim=-1)  # [K, C, D]
+        h = class_embeddings(text_weights, text_act, head, dev, dtype)
         return cls(
             image_weights.to(device=dev, dtype=dtype), h, float(head.logit_scale),
             head.logit_bias, img_bias,
