@@ -41,6 +41,7 @@ from activevlm.acquisition.options import (
 from activevlm.acquisition.rules import RULES, BatchInputs
 from activevlm.acquisition.scoring import score_pool
 from activevlm.bayes.draws import JointDraws
+from activevlm.bayes.marginal_draws import MarginalDraws
 from activevlm.index import EmbeddingIndex, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.vilu.combine import failure_weighted
@@ -176,16 +177,19 @@ class Strategy:
 
     def score(self, p: SelectionProblem, rows: np.ndarray, seed: int) -> np.ndarray:
         """Scores ``[len(rows)]`` of pool ``rows`` (higher = first) under this strategy's
-        heuristic; EPIG's target set is ``p.target_rows``, scored under the same draws."""
+        heuristic; EPIG's target set is ``p.target_rows``, scored under the same draws.
+        Per-input heuristics (BALD, entropy) on the posterior use :class:`MarginalDraws`:
+        each row's score has the law it has under joint draws, at a fraction of the cost."""
         pool = p.pool
         spec = self.spec
         generator = torch.Generator().manual_seed(seed)
+        h = get_heuristic(spec.heuristic)
         if spec.bayesian:
-            draws = JointDraws.from_posterior(p.posterior, pool.text_activations, p.n_draws,
-                                              generator)
+            kind = MarginalDraws if h.per_input else JointDraws
+            draws = kind.from_posterior(p.posterior, pool.text_activations, p.n_draws,
+                                        generator)
         else:
             draws = JointDraws.from_head(p.head, pool.text_activations)
-        h = get_heuristic(spec.heuristic)
         if h.name == "epig" and p.epig_top_classes is not None:
             h = Heuristic("epig", partial(epig_scores, top_classes=p.epig_top_classes),
                           h.requires)
