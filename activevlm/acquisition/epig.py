@@ -3,10 +3,16 @@
     EPIG(x) = (1/M) Σ_m KL( p̂(y, y* | x, x*_m) ‖ p̄(y|x) p̄(y*|x*_m) )
             = H[p̄(y|x)] + (1/M) Σ_m H[p̄(y*|x*_m)] - (1/M) Σ_m H[p̂(y, y* | x, x*_m)]
 
-with ``p̂(y, y*) = (1/K) Σ_k p_k(y|x) p_k(y*|x*)``. For a chunk of n pool and m target
-inputs, all ``n·m`` joints ``[C, C]`` come from one matrix product
-``[n·C, K] @ [K, m·C]``; the only other work is one ``x log x`` pass over the result.
-Cost O(N·M·C²·K); memory is bounded by two buffers of ``max_elements`` entries.
+with ``p̂(y, y*) = (1/K) Σ_k p_k(y|x) p_k(y*|x*)``. For a block of n pool and m target
+inputs, all ``n·m`` joints ``[C, C]`` come from one matrix product ``[n·C, K] @ [K, m·C]``;
+the only other work is ``Σ p̂ log p̂`` per pool input: one log into a second buffer, an
+in-place product and one sum per row (``m·C`` terms in the input dtype; rows and blocks are
+added in float64, as accurate as the float32 GEMM allows). Blocks hold about
+``max_elements`` entries (default 2^17: the block, its log and the target block stay in a
+2 MiB L2 cache), so the elementwise passes read from cache what the GEMM just wrote. The log
+is not clamped: a joint probability that underflows to exactly 0 makes its pool input's sum
+NaN, and only those inputs are recomputed with the log clamped (``0 log 0 = 0``).
+Cost O(N·M·C²·K); memory is two buffers of ``max_elements`` entries.
 
 ``top_classes=c`` keeps, per input, the ``c`` classes of highest mean probability and lumps the
 rest into one "other" outcome. Each input's coarsening is a fixed function of its label, so
@@ -24,14 +30,15 @@ import torch
 
 from activevlm.acquisition.entropy import entropy
 
-DEFAULT_MAX_ELEMENTS = 1 << 23  # entries of one joint block (32 MiB in float32)
+DEFAULT_MAX_ELEMENTS = 1 << 17  # entries of one joint block (512 KiB in float32)
 
 
 def epig_chunk_sizes(n: int, m: int, c: int, max_elements: int) -> tuple[int, int]:
-    """Chunk sizes ``(n_chunk, m_chunk)`` with ``n_chunk·m_chunk·C² <= max_elements``.
+    """Block sizes ``(n_chunk, m_chunk)`` with ``n_chunk·m_chunk·C² <= max_elements``.
 
-    Targets are chunked first (a whole target set per pool chunk when it fits), so that each
-    pool chunk is multiplied against as many targets as possible.
+    Targets fill a block first (one pool input against ``max_elements / C²`` targets: a
+    ``[C, K] @ [K, m·C]`` product whose output stays in cache); several pool inputs share a
+    block only when all targets fit.
     """
     per_pair = c * c
     m_chunk = max(1, min(m, max_elements // per_pair))
@@ -89,30 +96,40 @@ def epig_scores(
     h_pool = entropy(pool_probs.mean(0).to(acc))  # [N]
     h_target_mean = entropy(target_probs.mean(0).to(acc)).mean()  # scalar
     n_chunk, m_chunk = epig_chunk_sizes(n, m, c, max_elements)
-
     # Target blocks [K, m·C], pre-scaled by 1/K so the product is already the mean over draws.
     target_blocks = [
         (target_probs[:, m0 : m0 + m_chunk] / k).reshape(k, -1) for m0 in range(0, m, m_chunk)
     ]
-    # Two preallocated block buffers: fresh multi-MB tensors per block cost page faults, and
-    # clamp + in-place log + mul is several times faster than torch.special.xlogy on CPU.
-    size = n_chunk * m_chunk * c * c
-    joint_buf = pool_probs.new_empty(size)
-    plogp_buf = pool_probs.new_empty(size)
-    tiny = torch.finfo(pool_probs.dtype).tiny  # p·log(max(p, tiny)) is exactly 0 at p = 0
-    h_joint_sum = torch.zeros(n, dtype=acc, device=pool_probs.device)
+    plogp = _plogp_sums(pool_probs, target_blocks, n_chunk, clamp=False)  # [N]
+    bad = plogp.isnan()
+    if bad.any():  # a joint probability underflowed to 0: redo those inputs with 0 log 0 = 0
+        plogp[bad] = _plogp_sums(pool_probs[:, bad], target_blocks, n_chunk, clamp=True)
+    h_joint_mean = -plogp / m
+    return (h_pool + h_target_mean - h_joint_mean).clamp_min(0.0).to(pool_probs.dtype)
+
+
+def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor], n_chunk: int,
+                *, clamp: bool) -> torch.Tensor:
+    """``Σ_{y, y*, x*} p̂ log p̂`` per pool input, over all target blocks: ``[N]`` float64.
+    ``clamp``: take the log of ``max(p̂, tiny)`` (``0 log 0 = 0``)."""
+    k, n, c = pool_probs.shape
+    acc = torch.zeros(n * c, dtype=torch.float64, device=pool_probs.device)  # per (x, y)
+    size = n_chunk * c * target_blocks[0].shape[1]
+    joint_buf, log_buf = pool_probs.new_empty(size), pool_probs.new_empty(size)
+    row_sums = pool_probs.new_empty(n_chunk * c)
+    tiny = torch.finfo(pool_probs.dtype).tiny
     for n0 in range(0, n, n_chunk):
-        block = pool_probs[:, n0 : n0 + n_chunk]
-        nb = block.shape[1]
-        left = block.reshape(k, nb * c).T  # [n·C, K]
+        left = pool_probs[:, n0 : n0 + n_chunk].reshape(k, -1).T  # [n·C, K]
+        rows = left.shape[0]
         for right in target_blocks:
-            mb = right.shape[1] // c
-            joint = joint_buf[: nb * c * mb * c].view(nb * c, mb * c)
+            joint = joint_buf[: rows * right.shape[1]].view(rows, -1)
             torch.matmul(left, right, out=joint)  # p̂(y, y*) for every (pool, target) pair
-            plogp = plogp_buf[: joint.numel()].view_as(joint)
-            torch.clamp_min(joint, tiny, out=plogp)
-            plogp.log_().mul_(joint)
-            # Σ over y* (C terms, input dtype), then over y, then over targets in float64
-            per_pair = plogp.view(nb * c, mb, c).sum(-1).view(nb, c, mb).sum(1)
-            h_joint_sum[n0 : n0 + nb] -= per_pair.sum(1, dtype=acc)
-    return (h_pool + h_target_mean - h_joint_sum / m).clamp_min(0.0).to(pool_probs.dtype)
+            logp = log_buf[: joint.numel()].view_as(joint)
+            if clamp:
+                torch.clamp_min(joint, tiny, out=logp).log_()
+            else:
+                torch.log(joint, out=logp)
+            # rows of m·C terms summed in the input dtype, rows and blocks in float64
+            torch.sum(logp.mul_(joint), 1, out=row_sums[:rows])
+            acc[n0 * c : n0 * c + rows] += row_sums[:rows]
+    return acc.view(n, c).sum(1)
