@@ -8,7 +8,7 @@ inputs, all ``n·m`` joints ``[C, C]`` come from one matrix product ``[n·C, K] 
 the only other work is ``Σ p̂ log p̂`` per pool input: one log into a second buffer, an
 in-place product and one sum per row (``m·C`` terms in the input dtype; rows and blocks are
 added in float64, as accurate as the float32 GEMM allows). Blocks hold about
-``max_elements`` entries (default 2^17: the block, its log and the target block stay in a
+``max_elements`` entries (default 1.6·10^5: the block, its log and the target block stay in a
 2 MiB L2 cache), so the elementwise passes read from cache what the GEMM just wrote. The log
 is not clamped: a joint probability that underflows to exactly 0 makes its pool input's sum
 NaN, and only those inputs are recomputed with the log clamped (``0 log 0 = 0``).
@@ -30,18 +30,21 @@ import torch
 
 from activevlm.acquisition.entropy import entropy
 
-DEFAULT_MAX_ELEMENTS = 1 << 17  # entries of one joint block (512 KiB in float32)
+DEFAULT_MAX_ELEMENTS = 160_000  # entries of one joint block (625 KiB in float32)
 
 
 def epig_chunk_sizes(n: int, m: int, c: int, max_elements: int) -> tuple[int, int]:
     """Block sizes ``(n_chunk, m_chunk)`` with ``n_chunk·m_chunk·C² <= max_elements``.
 
-    Targets fill a block first (one pool input against ``max_elements / C²`` targets: a
-    ``[C, K] @ [K, m·C]`` product whose output stays in cache); several pool inputs share a
-    block only when all targets fit.
+    Targets fill a block first (one pool input against up to ``max_elements / C²`` targets:
+    a ``[C, K] @ [K, m·C]`` product whose output stays in cache), rounded down to a multiple
+    of 16 targets so that rows are whole 16-float vectors (measured 1.1x for C = 65); several
+    pool inputs share a block only when all targets fit.
     """
     per_pair = c * c
     m_chunk = max(1, min(m, max_elements // per_pair))
+    if 16 <= m_chunk < m:
+        m_chunk -= m_chunk % 16
     n_chunk = max(1, min(n, max_elements // (per_pair * m_chunk)))
     return n_chunk, m_chunk
 
