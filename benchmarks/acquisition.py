@@ -21,9 +21,23 @@ one-pass score), the best ``prefilter x budget`` rows are the candidates, and
 ``--greedy-targets`` of the M targets). The table gives the one-pass time, the greedy phase,
 and their ratio: greedy total = one-pass + greedy phase.
 
+EPIG kernel (``--only kernel``): the square fp32 GEMM floor of this machine (2048³, best of 3)
+and ``epig_scores`` on ``--kernel-n`` pool items x M targets of real draw probabilities, in
+GFLOP/s counting 2·n·C·m·C·K for the joint GEMM and as a fraction of the floor, for ours and
+for the kernel before issue 17 (thin [C, K] @ [K, 65000·C/C] blocks, clamp/log/mul/sum passes),
+all in the same run; wall and CPU clocks (CPU is robust to other jobs at one thread).
+
+Per-input draws (``--only per-input``): untargeted BALD and posterior entropy of N pool items
+on a fitted KFAC posterior (labels mode on the first 4096 rows, λ by the evidence), scored
+with ``MarginalDraws`` (what ``select`` uses) vs ``JointDraws`` (weight draws, before), K
+draws each; the two are different Monte Carlo draws, so the table gives their rank
+correlation and median relative difference instead of a max|diff|.
+
     python benchmarks/acquisition.py                       # full size (hours on 2 CPU cores)
     python benchmarks/acquisition.py --n 2000 --m 200      # quick
     python benchmarks/acquisition.py --only greedy --greedy epig --n 10000   # greedy rule only
+    python benchmarks/acquisition.py --only kernel --threads 1
+    python benchmarks/acquisition.py --only per-input --n 100000
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import torch
 
 from activevlm.acquisition import Heuristic, epig_scores, greedy_batch, score_pool
 from activevlm.bayes.draws import JointDraws
+from activevlm.bayes.marginal_draws import MarginalDraws
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.models.head import ProjectionHead
 
@@ -118,6 +133,119 @@ def baseline_bald(p: torch.Tensor) -> torch.Tensor:
     return h_bar - (-(p * p.clamp_min(1e-30).log()).sum(-1)).mean(0)
 
 
+def previous_epig(p: torch.Tensor, t: torch.Tensor, max_elements: int = 1 << 23) -> torch.Tensor:
+    """The EPIG kernel before issue 17 (baseline): targets first into blocks of 2^23 entries
+    ([C, K] @ [K, m·C] for M = 1000), then clamp, log, mul and two sums over each block."""
+    k, n, c = p.shape
+    m = t.shape[1]
+    acc = torch.float64
+    h_pool = -(p.mean(0).double() * p.mean(0).double().clamp_min(1e-300).log()).sum(-1)
+    t_bar = t.mean(0).double()
+    h_target = -(t_bar * t_bar.clamp_min(1e-300).log()).sum(-1).mean()
+    m_chunk = max(1, min(m, max_elements // (c * c)))
+    n_chunk = max(1, min(n, max_elements // (c * c * m_chunk)))
+    blocks = [(t[:, m0 : m0 + m_chunk] / k).reshape(k, -1) for m0 in range(0, m, m_chunk)]
+    joint_buf, plogp_buf = p.new_empty(n_chunk * m_chunk * c * c), p.new_empty(
+        n_chunk * m_chunk * c * c)
+    tiny = torch.finfo(p.dtype).tiny
+    h_joint = torch.zeros(n, dtype=acc)
+    for n0 in range(0, n, n_chunk):
+        block = p[:, n0 : n0 + n_chunk]
+        nb = block.shape[1]
+        left = block.reshape(k, nb * c).T
+        for right in blocks:
+            mb = right.shape[1] // c
+            joint = joint_buf[: nb * c * mb * c].view(nb * c, mb * c)
+            torch.matmul(left, right, out=joint)
+            plogp = plogp_buf[: joint.numel()].view_as(joint)
+            torch.clamp_min(joint, tiny, out=plogp)
+            plogp.log_().mul_(joint)
+            per_pair = plogp.view(nb * c, mb, c).sum(-1).view(nb, c, mb).sum(1)
+            h_joint[n0 : n0 + nb] -= per_pair.sum(1, dtype=acc)
+    return (h_pool + h_target - h_joint / m).clamp_min(0.0).to(p.dtype)
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, float, object]:
+    """Best wall and best CPU seconds of ``repeats`` calls (after one warm-up), and a result."""
+    out = fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return min(walls), min(cpus), out
+
+
+def bench_kernel(args, img_w, txt_w, text_act, head, pool, target) -> None:
+    """EPIG kernel GFLOP/s against the square fp32 GEMM floor, measured in the same run."""
+    draws = JointDraws.from_weights(img_w, txt_w, text_act, head, device="cpu")
+    p = draws.probs(pool[: args.kernel_n])
+    t = draws.probs_chunked(target)
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    floor_flop = 2 * size**3
+    rows = [("square GEMM 2048 (floor)", floor_flop,
+             *timed(lambda: torch.matmul(a, b, out=out))[:2], float("nan"))]
+    flop = 2 * p.shape[1] * args.c * t.shape[1] * args.c * args.k
+    w_prev, c_prev, prev = timed(lambda: previous_epig(p, t))
+    w_ours, c_ours, ours = timed(lambda: epig_scores(p, t))
+    diff = float((ours.double() - prev.double()).abs().max())
+    rows += [("EPIG kernel before issue 17", flop, w_prev, c_prev, 0.0),
+             ("EPIG kernel (ours)", flop, w_ours, c_ours, diff)]
+    floor_wall, floor_cpu = floor_flop / rows[0][2], floor_flop / rows[0][3]
+    print(f"\nEPIG kernel: n={p.shape[1]} pool x M={t.shape[1]} targets, C={args.c}, K={args.k}, "
+          f"threads={args.threads}; flop = 2·n·C·M·C·K = {flop / 1e9:.1f} G; best of 3")
+    header = (f"{'':<30}{'wall s':>9}{'GFLOP/s':>9}{'/floor':>8}{'cpu s':>9}{'GFLOP/cpu-s':>13}"
+              f"{'/floor':>8}{'max|diff|':>11}")
+    print(header)
+    print("-" * len(header))
+    for name, fl, wall, cpu, d in rows:
+        print(f"{name:<30}{wall:>9.3f}{fl / wall / 1e9:>9.1f}{fl / wall / floor_wall:>8.2f}"
+              f"{cpu:>9.3f}{fl / cpu / 1e9:>13.1f}{fl / cpu / floor_cpu:>8.2f}{d:>11.1e}")
+    print(f"ours / before: {w_prev / w_ours:.2f}x wall, {c_prev / c_ours:.2f}x CPU; max|diff| "
+          f"is ours against the kernel before (EPIG mean {float(ours.mean()):.2e})")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def bench_per_input(args, head, text_act, pool) -> None:
+    """Untargeted BALD / posterior entropy: MarginalDraws (ours) vs JointDraws (before)."""
+    post = BayesVLMPosterior.fit(head, pool[:4096], text_act, mode="labels", device="cpu",
+                                 progress=False)
+    print(f"\nPer-input scores: N={args.n} pool, C={args.c}, K={args.k}, D={args.embed_dim}, "
+          f"d_img={args.d_img}, threads={args.threads}, chunk {args.per_input_chunk}; fitted KFAC "
+          "posterior; ours = MarginalDraws (select), before = JointDraws (weight draws)")
+    header = (f"{'score':<9}{'ours wall s':>12}{'cpu s':>8}{'it/s':>9}{'it/cpu-s':>10}"
+              f"{'joint wall s':>13}{'cpu s':>8}{'it/s':>9}{'x wall':>8}{'x cpu':>7}"
+              f"{'rank corr':>10}{'med rel diff':>13}")
+    print(header)
+    print("-" * len(header))
+    for name in ("bald", "entropy"):
+        res = {}
+        for kind in (MarginalDraws, JointDraws):
+            r: dict = {}
+            with peak_memory(r):
+                draws = kind.from_posterior(post, text_act, args.k,
+                                            torch.Generator().manual_seed(args.seed),
+                                            device="cpu")
+                r["scores"] = score_pool(draws, pool, name, chunk_size=args.per_input_chunk,
+                                         progress=False)
+            res[kind] = r
+            del draws
+        ours, joint = res[MarginalDraws], res[JointDraws]
+        rel = np.abs(ours["scores"] - joint["scores"]) / np.abs(joint["scores"]).clip(1e-12)
+        print(f"{name:<9}{ours['seconds']:>12.1f}{ours['cpu']:>8.1f}"
+              f"{args.n / ours['seconds']:>9.0f}{args.n / ours['cpu']:>10.0f}"
+              f"{joint['seconds']:>13.1f}{joint['cpu']:>8.1f}{args.n / joint['seconds']:>9.0f}"
+              f"{joint['seconds'] / ours['seconds']:>8.1f}{joint['cpu'] / ours['cpu']:>7.1f}"
+              f"{spearman(ours['scores'], joint['scores']):>10.3f}{np.median(rel):>13.3f}")
+
+
 def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
     """One-pass score of the pool vs the greedy batch rule on its prefiltered best rows."""
     post = BayesVLMPosterior.fit(head, pool[:4096], text_act, mode="labels", device="cpu",
@@ -186,8 +314,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top-classes", type=int, default=10,
                     help="classes kept per input by the coarsened EPIG lower bound")
-    ap.add_argument("--only", choices=["epig", "epig-top", "bald", "greedy"],
-                    help="benchmark one score only (greedy: only the greedy table)")
+    ap.add_argument("--only", choices=["epig", "epig-top", "bald", "greedy", "kernel",
+                                       "per-input"],
+                    help="benchmark one score only (greedy, kernel, per-input: only that table)")
+    ap.add_argument("--kernel-n", type=int, default=64, help="pool items for the EPIG kernel")
+    ap.add_argument("--per-input-chunk", type=int, default=128,
+                    help="pool chunk for the per-input table")
     ap.add_argument("--greedy", default="",
                     help="comma list of epig,bald: also time the greedy batch rule")
     ap.add_argument("--budget", type=int, default=500, help="greedy batch size")
@@ -200,6 +332,12 @@ def main() -> None:
     head, img_w, txt_w, text_act, pool, target = make_problem(args)
     if args.only == "greedy":
         bench_greedy(args, head, text_act, pool, target)
+        return
+    if args.only == "kernel":
+        bench_kernel(args, img_w, txt_w, text_act, head, pool, target)
+        return
+    if args.only == "per-input":
+        bench_per_input(args, head, text_act, pool)
         return
     nb = min(args.baseline_n, args.n)
     rows = []
@@ -258,6 +396,8 @@ def main() -> None:
           "lower bound on EPIG); its max|diff| is its error against the exact baseline.")
     print(f"\nbase MB is measured on {nb} items; at N={args.n} the baseline's materialised "
           f"per-draw embeddings alone take {full / 2**30:.2f} GiB (ours: one chunk).")
+    bench_kernel(args, img_w, txt_w, text_act, head, pool, target)
+    bench_per_input(args, head, text_act, pool)
     if args.greedy:
         bench_greedy(args, head, text_act, pool, target)
 
