@@ -41,7 +41,7 @@ from activevlm.acquisition.options import (
 from activevlm.acquisition.rules import RULES, BatchInputs
 from activevlm.acquisition.scoring import score_pool
 from activevlm.bayes.draws import JointDraws
-from activevlm.bayes.marginal_draws import MarginalDraws
+from activevlm.bayes.marginal_draws import SCORING_CHUNK, MarginalDraws
 from activevlm.index import EmbeddingIndex, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.vilu.combine import failure_weighted
@@ -198,9 +198,12 @@ class Strategy:
             target_probs = draws.probs_chunked(*p.target_pool.rows(p.target_rows, lazy=True))
         failure = None if p.failure_prob is None else p.failure_prob[rows]
         act, residual = pool.rows(rows, lazy=True)
+        chunk = p.chunk_size
+        if isinstance(draws, MarginalDraws):
+            chunk = min(chunk, SCORING_CHUNK)
         scores = p.scorer(draws, act, h, residual=residual, target_probs=target_probs,
                           external_scores=failure if spec.failure == "scores" else None,
-                          generator=generator, chunk_size=p.chunk_size, progress=p.progress)
+                          generator=generator, chunk_size=chunk, progress=p.progress)
         if spec.failure == "weights":
             scores = failure_weighted(scores, failure)
         return scores
