@@ -31,7 +31,8 @@ Per-input draws (``--only per-input``): untargeted BALD and posterior entropy of
 on a fitted KFAC posterior (labels mode on the first 4096 rows, λ by the evidence), scored
 with ``MarginalDraws`` (what ``select`` uses) vs ``JointDraws`` (weight draws, before), K
 draws each; the two are different Monte Carlo draws, so the table gives their rank
-correlation and median relative difference instead of a max|diff|.
+correlation and median relative difference instead of a max|diff|, next to the same two
+statistics between joint draws of two seeds (the Monte Carlo noise floor at this K).
 
     python benchmarks/acquisition.py                       # full size (hours on 2 CPU cores)
     python benchmarks/acquisition.py --n 2000 --m 200      # quick
@@ -222,28 +223,33 @@ def bench_per_input(args, head, text_act, pool) -> None:
           "posterior; ours = MarginalDraws (select), before = JointDraws (weight draws)")
     header = (f"{'score':<9}{'ours wall s':>12}{'cpu s':>8}{'it/s':>9}{'it/cpu-s':>10}"
               f"{'joint wall s':>13}{'cpu s':>8}{'it/s':>9}{'x wall':>8}{'x cpu':>7}"
-              f"{'rank corr':>10}{'med rel diff':>13}")
+              f"{'rank corr':>10}{'med rel':>8}{'joint/joint':>12}{'med rel':>8}")
     print(header)
     print("-" * len(header))
+    def med_rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.median(np.abs(a - b) / np.abs(b).clip(1e-12)))
+
     for name in ("bald", "entropy"):
         res = {}
-        for kind in (MarginalDraws, JointDraws):
+        for kind, seed in ((MarginalDraws, args.seed), (JointDraws, args.seed),
+                           (JointDraws, args.seed + 1)):
             r: dict = {}
             with peak_memory(r):
                 draws = kind.from_posterior(post, text_act, args.k,
-                                            torch.Generator().manual_seed(args.seed),
-                                            device="cpu")
+                                            torch.Generator().manual_seed(seed), device="cpu")
                 r["scores"] = score_pool(draws, pool, name, chunk_size=args.per_input_chunk,
                                          progress=False)
-            res[kind] = r
+            res[kind, seed] = r
             del draws
-        ours, joint = res[MarginalDraws], res[JointDraws]
-        rel = np.abs(ours["scores"] - joint["scores"]) / np.abs(joint["scores"]).clip(1e-12)
+        ours, joint = res[MarginalDraws, args.seed], res[JointDraws, args.seed]
+        joint2 = res[JointDraws, args.seed + 1]["scores"]
         print(f"{name:<9}{ours['seconds']:>12.1f}{ours['cpu']:>8.1f}"
               f"{args.n / ours['seconds']:>9.0f}{args.n / ours['cpu']:>10.0f}"
               f"{joint['seconds']:>13.1f}{joint['cpu']:>8.1f}{args.n / joint['seconds']:>9.0f}"
               f"{joint['seconds'] / ours['seconds']:>8.1f}{joint['cpu'] / ours['cpu']:>7.1f}"
-              f"{spearman(ours['scores'], joint['scores']):>10.3f}{np.median(rel):>13.3f}")
+              f"{spearman(ours['scores'], joint['scores']):>10.3f}"
+              f"{med_rel(ours['scores'], joint['scores']):>8.3f}"
+              f"{spearman(joint2, joint['scores']):>12.3f}{med_rel(joint2, joint['scores']):>8.3f}")
 
 
 def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
