@@ -22,7 +22,7 @@ from activevlm.utils.tensors import to_tensor
 from activevlm.utils.validation import check_shape
 
 
-def class_embeddings(text_weights: torch.Tensor, text_act, head: ProjectionHead,
+def draw_class_embeddings(text_weights: torch.Tensor, text_act, head: ProjectionHead,
                      device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Unit-norm class embeddings ``[K, C, D]`` of class text activations ``text_act [C, d_txt]``
     under text weight draws ``[K, D, d_txt(+1)]`` (bias as last column when ``head`` has one)."""
@@ -106,7 +106,7 @@ class JointDraws:
                 f"image_weights has {image_weights.shape[0]} draws, text_weights "
                 f"{text_weights.shape[0]}: joint draws come in pairs"
             )
-        h = class_embeddings(text_weights, text_act, head, dev, dtype)
+        h = draw_class_embeddings(text_weights, text_act, head, dev, dtype)
         return cls(
             image_weights.to(device=dev, dtype=dtype), h, float(head.logit_scale),
             head.logit_bias, img_bias,

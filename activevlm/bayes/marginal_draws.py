@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import torch
 
-from activevlm.bayes.draws import class_embeddings
+from activevlm.bayes.draws import draw_class_embeddings
 from activevlm.models.head import augment
 from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
@@ -107,8 +107,8 @@ class MarginalDraws:
         img = posterior.image
         z = torch.randn(k, img.out_dim, generator=generator, dtype=img.W_map.dtype)
         eps = z.to(img.L_B.device) @ img.L_B.T  # rows L_B z_k
-        h = class_embeddings(posterior.text.sample(k, generator), text_act, posterior.head,
-                             dev, dtype)
+        h = draw_class_embeddings(posterior.text.sample(k, generator), text_act,
+                                  posterior.head, dev, dtype)
         return cls(
             img.W_map.to(device=dev, dtype=dtype), img.L_A.to(device=dev, dtype=dtype),
             eps.to(device=dev, dtype=dtype), h, float(posterior.head.logit_scale),
