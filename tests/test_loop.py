@@ -172,8 +172,11 @@ def test_failure_probabilities_fall_back_to_msp_then_use_vilu(pool):
 
 def test_human_in_the_loop_round_trip_through_the_cli(pool, tmp_path):
     run = tmp_path / "run"
+    # 24 labels: with 12, whether fine-tuning beats the zero-shot head on the sketch val
+    # split depends on which items BALD's 8 draws pick (measured: not at seed 0, at seeds 1-2;
+    # with 24 at all three), and the rounds below need a head that moved
     first = runner.invoke(app, ["select", "--pool", str(pool.path), "--run", str(run),
-                                "--strategy", "bald", "--budget", "12", "--draws", "8",
+                                "--strategy", "bald", "--budget", "24", "--draws", "8",
                                 "--no-progress"])
     assert first.exit_code == 0, first.output
     q1 = pd.read_parquet(run / "round_000" / "queue.parquet")
@@ -214,7 +217,7 @@ def test_human_in_the_loop_round_trip_through_the_cli(pool, tmp_path):
     q2 = pd.read_parquet(run / "round_001" / "queue.parquet")
     q3 = pd.read_parquet(run / "round_002" / "queue.parquet")
     all_ids = list(q1["sample_id"]) + list(q2["sample_id"]) + list(q3["sample_id"])
-    assert len(set(all_ids)) == len(all_ids) == 24  # queued items never repeat
+    assert len(set(all_ids)) == len(all_ids) == 36  # queued items never repeat
     assert set(state.labels) == set(q1["sample_id"])
     assert set(state.queued) == set(q2["sample_id"]) | set(q3["sample_id"])
 
