@@ -15,11 +15,12 @@ memory is the RSS high-water mark above the level before each phase (sampled eve
 Both scorers are run on the same items and their scores compared.
 
 Greedy batch rule (``--greedy epig,bald``): a KFAC posterior is fitted (labels mode, λ by the
-evidence) on the first 4096 pool rows; its K joint draws score the whole pool once (the
-one-pass score), the best ``prefilter x budget`` rows are the candidates, and
-``greedy_batch`` picks ``budget`` of them with label-free conditioning (EPIG against
-``--greedy-targets`` of the M targets). The table gives the one-pass time, the greedy phase,
-and their ratio: greedy total = one-pass + greedy phase.
+evidence) on the first 4096 pool rows; K draws score the whole pool once as ``select`` does
+(the one-pass score: joint draws for EPIG, per-input draws for BALD), the best
+``prefilter x budget`` rows are the candidates, and ``greedy_batch`` picks ``budget`` of them
+with label-free conditioning (EPIG against ``--greedy-targets`` of the M targets). The table
+gives the one-pass time, the greedy phase, and their ratio: greedy total = one-pass + greedy
+phase.
 
 EPIG kernel (``--only kernel``): the square fp32 GEMM floor of this machine (2048³, best of 3)
 and ``epig_scores`` on ``--kernel-n`` pool items x M targets of real draw probabilities, in
@@ -54,7 +55,7 @@ import torch
 
 from activevlm.acquisition import Heuristic, epig_scores, greedy_batch, score_pool
 from activevlm.bayes.draws import JointDraws
-from activevlm.bayes.marginal_draws import MarginalDraws
+from activevlm.bayes.marginal_draws import SCORING_CHUNK, MarginalDraws
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.models.head import ProjectionHead
 
@@ -262,12 +263,13 @@ def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
     for name in args.greedy.split(","):
         is_epig = name == "epig"
         one: dict = {}
-        with peak_memory(one):
-            draws = JointDraws.from_posterior(post, text_act, args.k,
-                                              torch.Generator().manual_seed(args.seed),
-                                              device="cpu")
+        with peak_memory(one):  # the draws and chunk size `select` uses for this score
+            kind = JointDraws if is_epig else MarginalDraws
+            draws = kind.from_posterior(post, text_act, args.k,
+                                        torch.Generator().manual_seed(args.seed), device="cpu")
             tp = draws.probs_chunked(target) if is_epig else None
-            scores = score_pool(draws, pool, name, target_probs=tp, chunk_size=args.chunk_size,
+            chunk = args.chunk_size if is_epig else min(args.chunk_size, SCORING_CHUNK)
+            scores = score_pool(draws, pool, name, target_probs=tp, chunk_size=chunk,
                                 progress=False)
         del draws, tp
         cand = np.argsort(-scores, kind="stable")[:n_cand]
@@ -284,6 +286,8 @@ def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
             "g_peak": greedy["peak"], "evals": batch.evaluations, "cv": float(np.median(cv)),
             "shared": len(set(cand[batch.positions].tolist()) & set(cand[:args.budget].tolist())),
         })
+        print(f"{name}: one-pass {one['seconds']:.1f} s ({one['cpu']:.1f} cpu s), greedy phase "
+              f"{greedy['seconds']:.1f} s ({greedy['cpu']:.1f} cpu s)", flush=True)
     print(f"\nGreedy batch rule: N={args.n} pool, budget {args.budget}, L={n_cand} candidates "
           f"(prefilter {args.prefilter:g} x budget), M={m_greedy} targets in the greedy phase "
           f"(one-pass EPIG: M={args.m}), C={args.c}, K={args.k}, threads={args.threads}")
