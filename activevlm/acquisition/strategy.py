@@ -42,7 +42,7 @@ from activevlm.acquisition.rules import RULES, BatchInputs
 from activevlm.acquisition.scoring import score_pool
 from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.marginal_draws import SCORING_CHUNK, MarginalDraws
-from activevlm.index import EmbeddingIndex, nearest_unique
+from activevlm.index import EmbeddingIndex, NeighbourSearch, nearest_unique
 from activevlm.models.head import ProjectionHead
 from activevlm.vilu.combine import failure_weighted
 
@@ -56,12 +56,14 @@ class SelectionProblem:
     the order their neighbours are taken; ``target_rows [M]``: the sample of them that is
     EPIG's target distribution. ``failure_prob [N]``: ViLU failure probabilities of all pool
     rows. ``index()``: the FAISS index of the pool's image embeddings under ``head`` (built
-    or loaded by the caller, on first need). ``n_draws``: joint posterior draws K;
-    ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``). ``labelled``: pool
-    rows already labelled or queued (coverage rules count them as covered). ``device``:
-    where the greedy rules run ("auto": CUDA when present). ``scorer``: what scores the
-    candidates for the score-order rules, ``score_pool`` or a drop-in with its signature
-    (``ray_scoring.ray_scorer``: the same scores computed on a Ray cluster).
+    or loaded by the caller, on first need); ``neighbours()``: what targeted selection
+    searches for the pool rows nearest to the target points (default: ``index()``; ``select``
+    passes an exact search streamed over the embedding shards). ``n_draws``: joint posterior
+    draws K; ``epig_top_classes``: EPIG's coarsened lower bound (see ``epig.py``).
+    ``labelled``: pool rows already labelled or queued (coverage rules count them as
+    covered). ``device``: where the greedy rules run ("auto": CUDA when present). ``scorer``:
+    what scores the candidates for the score-order rules, ``score_pool`` or a drop-in with
+    its signature (``ray_scoring.ray_scorer``: the same scores computed on a Ray cluster).
     """
 
     pool: Any
@@ -73,6 +75,7 @@ class SelectionProblem:
     target_points: np.ndarray | None = None
     failure_prob: np.ndarray | None = None
     index: Callable[[], EmbeddingIndex] | None = None
+    neighbours: Callable[[], NeighbourSearch] | None = None
     n_draws: int = 100
     chunk_size: int = 2048
     epig_top_classes: int | None = None
@@ -168,11 +171,12 @@ class Strategy:
         untargeted, all of ``p.candidates``."""
         if not self.targeted:
             return p.candidates
-        index = p.index()
+        index = (p.neighbours or p.index)()
         excluded = np.ones(index.n, dtype=bool)
         excluded[p.candidates] = False
         wanted = min(int(np.ceil(self.neighbourhood * budget)), len(p.candidates))
-        emb = p.target_pool.image_embeddings(p.target_points, p.head).numpy()
+        # round robin: only the first `wanted` target points can take a row
+        emb = p.target_pool.image_embeddings(p.target_points[:wanted], p.head).numpy()
         return np.sort(nearest_unique(index, emb, wanted, exclude=excluded))
 
     def score(self, p: SelectionProblem, rows: np.ndarray, seed: int) -> np.ndarray:

@@ -9,13 +9,16 @@ from activevlm.index.embedding_index import (
     ids_checksum,
 )
 from activevlm.index.exclusion import Exclude, exclusion_mask
+from activevlm.index.streamed import NeighbourSearch, StreamedNeighbours
 from activevlm.index.targeting import nearest_unique
 
 __all__ = [
     "DEFAULT_IVF_THRESHOLD",
     "EmbeddingIndex",
     "Exclude",
+    "NeighbourSearch",
     "StaleIndexError",
+    "StreamedNeighbours",
     "default_nlist",
     "exclusion_mask",
     "gpu_available",

@@ -6,19 +6,22 @@ import math
 
 import numpy as np
 
-from activevlm.index.embedding_index import EmbeddingIndex
 from activevlm.index.exclusion import Exclude, exclusion_mask
+from activevlm.index.streamed import NeighbourSearch
 
 
 def nearest_unique(
-    pool_index: EmbeddingIndex, target_emb_chosen, n_wanted: int, *, exclude: Exclude = None
+    pool_index: NeighbourSearch, target_emb_chosen, n_wanted: int, *, exclude: Exclude = None
 ) -> np.ndarray:
     """Map chosen target points ``[T, D]`` to ``<= n_wanted`` distinct pool rows.
 
     Round-robin over the targets in the given order (best first): each takes its nearest
     pool neighbour that is neither excluded nor already taken; when ``n_wanted > T`` further
     rounds take second-nearest neighbours and so on. Returns rows in the order taken; fewer
-    than ``n_wanted`` only when the non-excluded pool runs out.
+    than ``n_wanted`` only when the non-excluded pool runs out. Only the first
+    ``n_wanted`` targets can take a row, so only they are searched. ``pool_index``: an
+    :class:`~activevlm.index.EmbeddingIndex` or a
+    :class:`~activevlm.index.streamed.StreamedNeighbours`.
     """
     targets = np.asarray(target_emb_chosen, dtype=np.float32)
     if targets.ndim != 2 or len(targets) == 0:
@@ -28,6 +31,7 @@ def nearest_unique(
     n_wanted = min(n_wanted, available)
     if n_wanted <= 0:
         return np.empty(0, dtype=np.int64)
+    targets = targets[:n_wanted]
     fetch = min(available, math.ceil(n_wanted / len(targets)) + 8)
     while True:
         taken_rows, exhausted = _round_robin(pool_index, targets, n_wanted, fetch, excluded)
@@ -37,7 +41,7 @@ def nearest_unique(
 
 
 def _round_robin(
-    pool_index: EmbeddingIndex, targets: np.ndarray, n_wanted: int, fetch: int,
+    pool_index: NeighbourSearch, targets: np.ndarray, n_wanted: int, fetch: int,
     excluded: np.ndarray,
 ) -> tuple[list[int], bool]:
     """One greedy pass with ``fetch`` neighbours per target; ``exhausted`` says a target ran

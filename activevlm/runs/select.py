@@ -20,7 +20,7 @@ from activevlm.acquisition import (
     ray_scorer,
     score_pool,
 )
-from activevlm.index import EmbeddingIndex, StaleIndexError
+from activevlm.index import EmbeddingIndex, StaleIndexError, StreamedNeighbours
 from activevlm.models.head import ProjectionHead, head_fingerprint
 from activevlm.pool.embeddings import image_embedding_shards
 from activevlm.runs.config import SelectConfig
@@ -57,6 +57,16 @@ def pool_index(pool, head: ProjectionHead, folder: str | Path,
                                  progress=progress)
     index.save(folder)
     return index
+
+
+def pool_neighbours(pool, head: ProjectionHead, folder: str | Path,
+                    progress: bool = True) -> StreamedNeighbours:
+    """Exact k-NN over the pool's image embeddings under ``head``, streamed from the shards
+    in ``folder/embeddings`` (written on first use, shared with :func:`pool_index`): what
+    targeted selection searches; memory independent of the pool size, no index to build."""
+    emb = image_embedding_shards(pool, head, folder=Path(folder) / "embeddings",
+                                 progress=progress)
+    return StreamedNeighbours.from_sharded(emb)
 
 
 def target_points(target_pool, config: SelectConfig, rng: np.random.Generator,
@@ -123,6 +133,7 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         target_points=points,
         failure_prob=failure_prob,
         index=lambda: pool_index(pool, head, state.dir.index, progress),
+        neighbours=lambda: pool_neighbours(pool, head, state.dir.index, progress),
         n_draws=config.n_draws, chunk_size=config.chunk_size,
         epig_top_classes=config.epig_top_classes, labelled=np.flatnonzero(done),
         device=config.device, progress=progress,
