@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import numpy as np
 class ShardedArray:
     """Rows of several ``[n_k, d]`` ``.npy`` files seen as one ``[sum n_k, d]`` array.
 
-    Shards are opened with ``mmap_mode="r"``, so only the rows that are indexed are read.
+    Shards are opened with ``mmap_mode="r"``, so only the rows that are indexed are read;
+    after each read the mapped pages are released (``MADV_DONTNEED``: they stay in the page
+    cache, not in this process's resident set), so a pass over a pool bigger than RAM does
+    not grow the process by the pool's size.
     Indexing with an int, a slice, an integer array or a boolean mask returns an in-memory
     ``np.ndarray`` (float32 by default); ``np.asarray(arr)`` materialises everything.
     """
@@ -93,6 +97,7 @@ class ShardedArray:
             hi = min(stop, s1)
             if hi > pos:
                 out[pos - start : hi - start] = self._shards[k][pos - s0 : hi - s0]
+                _release(self._shards[k], pos - s0, hi - s0)
                 pos = hi
         return out
 
@@ -103,5 +108,19 @@ class ShardedArray:
             sel = np.flatnonzero(shard == k)
             local = idx[sel] - self._starts[k]
             out[sel] = self._shards[k][local]
+            _release(self._shards[k], int(local.min()), int(local.max()) + 1)
         return out
+
+
+def _release(shard: np.ndarray, lo: int, hi: int) -> None:
+    """Drop rows ``lo:hi`` of a memory-mapped shard from the resident set (page-aligned;
+    the next read faults them back in from the page cache)."""
+    mm = getattr(shard, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise"):
+        return
+    base = shard.offset % mmap.ALLOCATIONGRANULARITY  # where the data starts in the mapping
+    a = (base + lo * shard.strides[0]) // mmap.PAGESIZE * mmap.PAGESIZE
+    b = min(len(mm), base + hi * shard.strides[0])
+    if b > a:
+        mm.madvise(mmap.MADV_DONTNEED, a, b - a)
 
