@@ -99,8 +99,8 @@ def build_pool(out: Path, n: int, seed: int = 0) -> Path:
     return out
 
 
-def run_child(args: list[str], env: dict) -> tuple[float, float, int]:
-    """Run a command; (wall seconds, peak RSS GB of that process, exit status)."""
+def run_child(args: list[str], env: dict) -> tuple[float, float, int, float]:
+    """Run a command; (wall seconds, peak RSS GB of that process, exit status, CPU seconds)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read()
@@ -109,7 +109,8 @@ def run_child(args: list[str], env: dict) -> tuple[float, float, int]:
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.stderr.write(out.decode(errors="replace")[-3000:])
-    return wall, usage.ru_maxrss / 2**20, proc.returncode  # ru_maxrss is in KiB
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 2**20, proc.returncode, cpu  # ru_maxrss is in KiB
 
 
 def main() -> None:
@@ -135,17 +136,19 @@ def main() -> None:
                    "--target", "target", "--strategy", strategy, "--budget",
                    str(args.budget), "--run", str(run), "--no-progress"]
             for r in range(1, args.rounds + 1):
-                wall, rss, status = run_child(cmd, env)
+                load = os.getloadavg()[0]
+                wall, rss, status, cpu = run_child(cmd, env)
                 base = MAIN.get((n, strategy)) if r == 1 else None
                 rows.append({"N": n, "strategy": strategy, "round": r, "wall_s": wall,
-                             "peak_rss_gb": rss, "status": status,
+                             "cpu_s": cpu, "load_before": load, "load_after":
+                             os.getloadavg()[0], "peak_rss_gb": rss, "status": status,
                              "items_per_s": n / wall,
                              "main_wall_s": base[0] if base else None,
                              "main_rss_gb": base[1] if base else None})
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| N | strategy | round | wall s | peak RSS GB | pool items/s | main wall s "
-          "(ratio main/ours) | main RSS GB (ratio) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| N | strategy | round | wall s | CPU s | load 1 min before/after | peak RSS GB | "
+          "pool items/s | main wall s (ratio main/ours) | main RSS GB (ratio) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ok = "" if r["status"] == 0 else " (FAILED)"
         wall = (f"{r['main_wall_s']} ({r['main_wall_s'] / r['wall_s']:.1f}x)"
@@ -153,6 +156,7 @@ def main() -> None:
         rss = (f"{r['main_rss_gb']} ({r['main_rss_gb'] / r['peak_rss_gb']:.1f}x)"
                if r["main_rss_gb"] else "—")
         print(f"| {r['N']:,} | {r['strategy']}{ok} | {r['round']} | {r['wall_s']:.1f} | "
+              f"{r['cpu_s']:.0f} | {r['load_before']:.1f}/{r['load_after']:.1f} | "
               f"{r['peak_rss_gb']:.2f} | {r['items_per_s']:,.0f} | {wall} | {rss} |")
 
 
