@@ -24,6 +24,7 @@ import numpy as np
 from rich.progress import Progress
 
 from activevlm.index.exclusion import Exclude, exclusion_mask
+from activevlm.index.ondisk import READ_FLAGS, build_on_disk
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT = "activevlm-index"
@@ -81,8 +82,10 @@ class EmbeddingIndex:
         checksum: str,
         use_gpu: bool | Literal["auto"] = "auto",
         recall: float | None = None,
+        on_disk: bool = False,
     ):
         self._cpu = cpu_index
+        self.on_disk = on_disk  # IVF lists in <name>.ivfdata, memory-mapped
         self.recall = recall  # measured recall@10 vs exact search (IVF); None when exact
         self.kind = kind
         self.nprobe = nprobe
@@ -128,6 +131,8 @@ class EmbeddingIndex:
         seed: int = 0,
         chunk_size: int = 65536,
         progress: bool = True,
+        on_disk: str | Path | None = None,
+        on_disk_name: str = "index",
     ) -> EmbeddingIndex:
         """Index ``embeddings [N, D]`` (any array-like with row slicing, e.g. a memory-mapped
         ``ShardedArray``; read ``chunk_size`` rows at a time and normalised here).
@@ -136,6 +141,10 @@ class EmbeddingIndex:
         runs on a seeded sample of ``64·nlist`` rows. Without ``nprobe``, it is the smallest
         power of two whose recall@10 on ``CALIBRATION_QUERIES`` sampled rows reaches
         ``target_recall`` (:func:`calibrate_nprobe`; one extra pass over the embeddings).
+        With ``on_disk`` (a folder), an IVF index is built in bounded memory instead
+        (:func:`activevlm.index.ondisk.build_on_disk`: k-means on ``32·nlist`` rows, 10
+        iterations, filled per ``chunk_size`` rows, lists merged into
+        ``<on_disk>/<on_disk_name>.ivfdata``); :meth:`save` it to the same folder and name.
         """
         n, d = embeddings.shape
         if n == 0:
@@ -143,7 +152,11 @@ class EmbeddingIndex:
         if ids is not None and len(ids) != n:
             raise ValueError(f"ids has {len(ids)} entries but embeddings has {n} rows")
         rng = np.random.default_rng(seed)
-        if n >= ivf_threshold:
+        if n >= ivf_threshold and on_disk is not None:
+            kind, nlist = "ivf", nlist or default_nlist(n)
+            index = build_on_disk(embeddings, on_disk, on_disk_name, nlist=nlist,
+                                  rows_per_block=chunk_size, seed=seed)
+        elif n >= ivf_threshold:
             kind = "ivf"
             nlist = nlist or default_nlist(n)
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -153,12 +166,13 @@ class EmbeddingIndex:
         else:
             kind, nprobe = "flat", 1
             index = faiss.IndexFlatIP(d)
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(f"indexing ({kind})", total=n)
-            for i in range(0, n, chunk_size):
-                chunk = _normalised(embeddings[i : i + chunk_size])
-                index.add(chunk)
-                bar.advance(task, len(chunk))
+        if index.ntotal == 0:  # not filled on disk
+            with Progress(disable=not progress, transient=True) as bar:
+                task = bar.add_task(f"indexing ({kind})", total=n)
+                for i in range(0, n, chunk_size):
+                    chunk = _normalised(embeddings[i : i + chunk_size])
+                    index.add(chunk)
+                    bar.advance(task, len(chunk))
         recall = None
         if kind == "ivf":
             index.make_direct_map()
@@ -170,7 +184,7 @@ class EmbeddingIndex:
                 recall = ivf_recall(index, embeddings, queries, nprobe, chunk_size=chunk_size)
         return cls(index, kind=kind, nprobe=nprobe, model_id=model_id,
                    embedding_kind=embedding_kind, checksum=ids_checksum(ids, n), use_gpu=use_gpu,
-                   recall=recall)
+                   recall=recall, on_disk=on_disk is not None and kind == "ivf")
 
     def _params(self, selector=None) -> faiss.SearchParameters:
         if self.kind == "ivf":
@@ -223,11 +237,12 @@ class EmbeddingIndex:
             "format": FORMAT, "format_version": FORMAT_VERSION, "n": self.n, "dim": self.dim,
             "kind": self.kind, "nprobe": self.nprobe, "model_id": self.model_id,
             "embedding_kind": self.embedding_kind, "ids_sha256": self.checksum,
-            "recall_at_10": self.recall,
+            "recall_at_10": self.recall, "on_disk": self.on_disk,
         }
 
     def save(self, folder: str | Path, name: str = "index") -> Path:
-        """Write ``<folder>/<name>.faiss`` (CPU index) then ``<name>.json``; returns the JSON."""
+        """Write ``<folder>/<name>.faiss`` (CPU index) then ``<name>.json``; returns the JSON.
+        An on-disk index must be saved beside its ``<name>.ivfdata`` (same folder and name)."""
         folder = Path(folder)
         with atomic_path(folder / f"{name}.faiss") as tmp:
             faiss.write_index(self._cpu, str(tmp))
@@ -270,7 +285,8 @@ class EmbeddingIndex:
                     f"{meta_path}: stale index, {field} is {meta.get(field)!r} but the pool "
                     f"has {want!r}; rebuild it"
                 )
-        index = faiss.read_index(str(index_path))
+        on_disk = bool(meta.get("on_disk"))
+        index = faiss.read_index(str(index_path), READ_FLAGS if on_disk else 0)
         if index.ntotal != meta["n"] or index.d != meta["dim"]:
             raise StaleIndexError(
                 f"{index_path}: holds {index.ntotal} x {index.d} vectors but {meta_path} says "
@@ -279,7 +295,7 @@ class EmbeddingIndex:
         return cls(index, kind=meta["kind"], nprobe=int(meta["nprobe"]),
                    model_id=meta["model_id"], embedding_kind=meta["embedding_kind"],
                    checksum=meta["ids_sha256"], use_gpu=use_gpu,
-                   recall=meta.get("recall_at_10"))
+                   recall=meta.get("recall_at_10"), on_disk=on_disk)
 
 
 def _padded(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

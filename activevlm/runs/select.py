@@ -44,7 +44,8 @@ class SelectionResult:
 def pool_index(pool, head: ProjectionHead, folder: str | Path,
                progress: bool = True) -> EmbeddingIndex:
     """The FAISS index of the pool's image embeddings under ``head``, cached in ``folder``
-    (a run's ``index/``; rebuilt when the pool or the head differ)."""
+    (a run's ``index/``; rebuilt when the pool or the head differ). IVF (large pools) is
+    built in bounded memory with its inverted lists on disk."""
     kind = f"image:{head_fingerprint(head)}"
     ids = pool.items["sample_id"].tolist()
     try:
@@ -53,8 +54,9 @@ def pool_index(pool, head: ProjectionHead, folder: str | Path,
         pass
     emb = image_embedding_shards(pool, head, folder=Path(folder) / "embeddings",
                                  progress=progress)  # memory-mapped: N x D never in RAM
+    (Path(folder) / "index.json").unlink(missing_ok=True)  # written last by save()
     index = EmbeddingIndex.build(emb, ids=ids, model_id=pool.model_id, embedding_kind=kind,
-                                 progress=progress)
+                                 progress=progress, on_disk=folder)
     index.save(folder)
     return index
 

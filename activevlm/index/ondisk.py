@@ -1,0 +1,96 @@
+"""An IVF index built in bounded memory: trained on a sample, filled shard by shard, merged on
+disk into FAISS's ``OnDiskInvertedLists`` and searched memory-mapped.
+
+Steps, each with memory independent of the pool size ``N``:
+
+1. :func:`train_ivf`: k-means on ``sample_per_list · nlist`` seeded sample rows,
+   ``niter`` iterations (cost ``O(sample · nlist · niter · D)``, bounded by the arguments);
+2. :func:`fill_block`: one shard's rows added to a copy of the trained index and written as
+   its own file (one unit of work: a process or a Ray task can fill any subset);
+3. :func:`merge_blocks`: ``faiss.contrib.ondisk.merge_ondisk`` concatenates the blocks'
+   inverted lists into ``<name>.ivfdata``; the index file only references it, and the
+   lists are memory-mapped from it (paged in by searches, not loaded); ``READ_FLAGS``
+   finds the file beside the index wherever the folder has moved.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
+
+from activevlm.utils.io import atomic_path
+
+READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR
+
+
+def _unit(x) -> np.ndarray:
+    a = np.array(x, dtype=np.float32, copy=True, order="C")
+    faiss.normalize_L2(a)
+    return a
+
+
+def train_ivf(embeddings, nlist: int, *, sample_per_list: int = 32, niter: int = 10,
+              seed: int = 0) -> faiss.IndexIVFFlat:
+    """An empty inner-product ``IndexIVFFlat`` over ``embeddings [N, D]`` (row-sliceable),
+    its ``nlist`` centroids fitted by k-means on ``min(N, sample_per_list · nlist)`` seeded
+    rows (normalised) in ``niter`` iterations."""
+    n, d = embeddings.shape
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, sample_per_list * nlist), replace=False))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed, index.cp.niter = seed, niter
+    index.cp.max_points_per_centroid = max(sample_per_list, 1)  # no second subsampling
+    index.cp.min_points_per_centroid = min(39, sample_per_list)  # the sample size is chosen
+    index.train(_unit(embeddings[sample]))
+    return index
+
+
+def fill_block(trained: str | Path, embeddings, rows: slice, out: str | Path,
+               chunk_size: int = 65536) -> Path:
+    """Add pool rows ``rows`` (ids = row numbers) of ``embeddings`` to a copy of the trained
+    index file ``trained`` and write it to ``out`` (atomically); returns ``out``."""
+    index = faiss.read_index(str(trained))
+    for i in range(rows.start, rows.stop, chunk_size):
+        j = min(rows.stop, i + chunk_size)
+        index.add_with_ids(_unit(embeddings[i:j]), np.arange(i, j, dtype=np.int64))
+    with atomic_path(Path(out)) as tmp:
+        faiss.write_index(index, str(tmp))
+    return Path(out)
+
+
+def merge_blocks(trained: str | Path, blocks: Sequence[str | Path], folder: str | Path,
+                 name: str = "index") -> faiss.Index:
+    """Merge filled ``blocks`` into ``<folder>/<name>.ivfdata``; returns the index (its lists
+    memory-mapped from that file). The caller writes the index file beside it."""
+    index = faiss.read_index(str(trained))
+    data = Path(folder) / f"{name}.ivfdata"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.unlink(missing_ok=True)
+    merge_ondisk(index, [str(b) for b in blocks], str(data))
+    return index
+
+
+def build_on_disk(embeddings, folder: str | Path, name: str = "index", *, nlist: int,
+                  rows_per_block: int = 65536, sample_per_list: int = 32, niter: int = 10,
+                  seed: int = 0) -> faiss.Index:
+    """Train, fill ``rows_per_block`` rows per block, merge; blocks are deleted afterwards.
+    Returns the merged index (inverted lists on disk in ``<folder>/<name>.ivfdata``)."""
+    folder = Path(folder)
+    work = folder / f"{name}.blocks"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    trained = work / "trained.faiss"
+    faiss.write_index(train_ivf(embeddings, nlist, sample_per_list=sample_per_list,
+                                niter=niter, seed=seed), str(trained))
+    n = embeddings.shape[0]
+    blocks = [fill_block(trained, embeddings, slice(i, min(n, i + rows_per_block)),
+                         work / f"block-{k:05d}.faiss")
+              for k, i in enumerate(range(0, n, rows_per_block))]
+    index = merge_blocks(trained, blocks, folder, name)
+    shutil.rmtree(work)
+    return index
