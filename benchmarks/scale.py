@@ -134,7 +134,8 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             cmd = [sys.executable, "-m", "activevlm.cli.main", "select", "--pool", str(pool),
                    "--target", "target", "--strategy", strategy, "--budget",
-                   str(args.budget), "--run", str(run), "--no-progress"]
+                   str(args.budget), "--run", str(run), "--no-progress",
+                   "--force"]  # round 2 queues although round 1 is unlabelled
             for r in range(1, args.rounds + 1):
                 load = os.getloadavg()[0]
                 wall, rss, status, cpu = run_child(cmd, env)
