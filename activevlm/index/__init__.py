@@ -9,10 +9,13 @@ from activevlm.index.embedding_index import (
     ids_checksum,
 )
 from activevlm.index.exclusion import Exclude, exclusion_mask
+from activevlm.index.ondisk import BlockFiller, fill_blocks
+from activevlm.index.ray_build import ray_filler
 from activevlm.index.streamed import NeighbourSearch, StreamedNeighbours
 from activevlm.index.targeting import nearest_unique
 
 __all__ = [
+    "BlockFiller",
     "DEFAULT_IVF_THRESHOLD",
     "EmbeddingIndex",
     "Exclude",
@@ -21,7 +24,9 @@ __all__ = [
     "StreamedNeighbours",
     "default_nlist",
     "exclusion_mask",
+    "fill_blocks",
     "gpu_available",
     "ids_checksum",
     "nearest_unique",
+    "ray_filler",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 from rich.progress import Progress
 
 from activevlm.index.exclusion import Exclude, exclusion_mask
-from activevlm.index.ondisk import READ_FLAGS, build_on_disk
+from activevlm.index.ondisk import READ_FLAGS, BlockFiller, build_on_disk, fill_blocks
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT = "activevlm-index"
@@ -133,6 +133,7 @@ class EmbeddingIndex:
         progress: bool = True,
         on_disk: str | Path | None = None,
         on_disk_name: str = "index",
+        fill: BlockFiller = fill_blocks,
     ) -> EmbeddingIndex:
         """Index ``embeddings [N, D]`` (any array-like with row slicing, e.g. a memory-mapped
         ``ShardedArray``; read ``chunk_size`` rows at a time and normalised here).
@@ -145,6 +146,8 @@ class EmbeddingIndex:
         (:func:`activevlm.index.ondisk.build_on_disk`: k-means on ``32·nlist`` rows, 10
         iterations, filled per ``chunk_size`` rows, lists merged into
         ``<on_disk>/<on_disk_name>.ivfdata``); :meth:`save` it to the same folder and name.
+        ``fill`` fills those blocks: in this process by default, as Ray tasks with
+        :func:`activevlm.index.ray_build.ray_filler` (the same index).
         """
         n, d = embeddings.shape
         if n == 0:
@@ -155,7 +158,7 @@ class EmbeddingIndex:
         if n >= ivf_threshold and on_disk is not None:
             kind, nlist = "ivf", nlist or default_nlist(n)
             index = build_on_disk(embeddings, on_disk, on_disk_name, nlist=nlist,
-                                  rows_per_block=chunk_size, seed=seed)
+                                  rows_per_block=chunk_size, seed=seed, fill=fill)
         elif n >= ivf_threshold:
             kind = "ivf"
             nlist = nlist or default_nlist(n)

@@ -6,7 +6,9 @@ Steps, each with memory independent of the pool size ``N``:
 1. :func:`train_ivf`: k-means on ``sample_per_list · nlist`` seeded sample rows,
    ``niter`` iterations (cost ``O(sample · nlist · niter · D)``, bounded by the arguments);
 2. :func:`fill_block`: one shard's rows added to a copy of the trained index and written as
-   its own file (one unit of work: a process or a Ray task can fill any subset);
+   its own file (one unit of work): :func:`fill_blocks` fills them one after the other in
+   this process, :func:`activevlm.index.ray_build.fill_blocks_ray` as Ray tasks (any
+   :data:`BlockFiller`);
 3. :func:`merge_blocks`: ``faiss.contrib.ondisk.merge_ondisk`` concatenates the blocks'
    inverted lists into ``<name>.ivfdata``; the index file only references it, and the
    lists are memory-mapped from it (paged in by searches, not loaded); ``READ_FLAGS``
@@ -16,7 +18,7 @@ Steps, each with memory independent of the pool size ``N``:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import faiss
@@ -26,6 +28,10 @@ from faiss.contrib.ondisk import merge_ondisk
 from activevlm.utils.io import atomic_path
 
 READ_FLAGS = faiss.IO_FLAG_ONDISK_SAME_DIR
+
+BlockFiller = Callable[[Path, object, Sequence[slice], Sequence[Path]], list[Path]]
+"""``fill(trained, embeddings, row_ranges, outs)``: writes block ``outs[k]`` holding rows
+``row_ranges[k]`` (:func:`fill_block`) for every ``k``; returns ``outs``."""
 
 
 def _unit(x) -> np.ndarray:
@@ -50,17 +56,26 @@ def train_ivf(embeddings, nlist: int, *, sample_per_list: int = 32, niter: int =
     return index
 
 
-def fill_block(trained: str | Path, embeddings, rows: slice, out: str | Path,
+def fill_block(trained: str | Path | np.ndarray, embeddings, rows: slice, out: str | Path,
                chunk_size: int = 65536) -> Path:
     """Add pool rows ``rows`` (ids = row numbers) of ``embeddings`` to a copy of the trained
-    index file ``trained`` and write it to ``out`` (atomically); returns ``out``."""
-    index = faiss.read_index(str(trained))
+    index (its file, or its ``faiss.serialize_index`` bytes ``uint8 [B]``) and write it to
+    ``out`` (atomically); returns ``out``."""
+    index = faiss.deserialize_index(trained) if isinstance(trained, np.ndarray) \
+        else faiss.read_index(str(trained))
     for i in range(rows.start, rows.stop, chunk_size):
         j = min(rows.stop, i + chunk_size)
         index.add_with_ids(_unit(embeddings[i:j]), np.arange(i, j, dtype=np.int64))
     with atomic_path(Path(out)) as tmp:
         faiss.write_index(index, str(tmp))
     return Path(out)
+
+
+def fill_blocks(trained: Path, embeddings, row_ranges: Sequence[slice],
+                outs: Sequence[Path]) -> list[Path]:
+    """The :data:`BlockFiller` of one process: :func:`fill_block` for each range in turn."""
+    return [fill_block(trained, embeddings, rows, out)
+            for rows, out in zip(row_ranges, outs, strict=True)]
 
 
 def merge_blocks(trained: str | Path, blocks: Sequence[str | Path], folder: str | Path,
@@ -77,8 +92,8 @@ def merge_blocks(trained: str | Path, blocks: Sequence[str | Path], folder: str 
 
 def build_on_disk(embeddings, folder: str | Path, name: str = "index", *, nlist: int,
                   rows_per_block: int = 65536, sample_per_list: int = 32, niter: int = 10,
-                  seed: int = 0) -> faiss.Index:
-    """Train, fill ``rows_per_block`` rows per block, merge; blocks are deleted afterwards.
+                  seed: int = 0, fill: BlockFiller = fill_blocks) -> faiss.Index:
+    """Train, ``fill`` blocks of ``rows_per_block`` rows, merge; blocks are deleted afterwards.
     Returns the merged index (inverted lists on disk in ``<folder>/<name>.ivfdata``)."""
     folder = Path(folder)
     work = folder / f"{name}.blocks"
@@ -88,9 +103,9 @@ def build_on_disk(embeddings, folder: str | Path, name: str = "index", *, nlist:
     faiss.write_index(train_ivf(embeddings, nlist, sample_per_list=sample_per_list,
                                 niter=niter, seed=seed), str(trained))
     n = embeddings.shape[0]
-    blocks = [fill_block(trained, embeddings, slice(i, min(n, i + rows_per_block)),
-                         work / f"block-{k:05d}.faiss")
-              for k, i in enumerate(range(0, n, rows_per_block))]
+    starts = range(0, n, rows_per_block)
+    blocks = fill(trained, embeddings, [slice(i, min(n, i + rows_per_block)) for i in starts],
+                  [work / f"block-{k:05d}.faiss" for k in range(len(starts))])
     index = merge_blocks(trained, blocks, folder, name)
     shutil.rmtree(work)
     return index
