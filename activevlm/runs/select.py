@@ -20,7 +20,14 @@ from activevlm.acquisition import (
     ray_scorer,
     score_pool,
 )
-from activevlm.index import EmbeddingIndex, StaleIndexError, StreamedNeighbours
+from activevlm.index import (
+    BlockFiller,
+    EmbeddingIndex,
+    StaleIndexError,
+    StreamedNeighbours,
+    fill_blocks,
+    ray_filler,
+)
 from activevlm.models.head import ProjectionHead, head_fingerprint
 from activevlm.pool.embeddings import image_embedding_shards
 from activevlm.runs.config import SelectConfig
@@ -41,11 +48,12 @@ class SelectionResult:
     strategy: Strategy
 
 
-def pool_index(pool, head: ProjectionHead, folder: str | Path,
-               progress: bool = True) -> EmbeddingIndex:
+def pool_index(pool, head: ProjectionHead, folder: str | Path, progress: bool = True,
+               fill: BlockFiller = fill_blocks) -> EmbeddingIndex:
     """The FAISS index of the pool's image embeddings under ``head``, cached in ``folder``
     (a run's ``index/``; rebuilt when the pool or the head differ). IVF (large pools) is
-    built in bounded memory with its inverted lists on disk."""
+    built in bounded memory with its inverted lists on disk, its blocks filled by ``fill``
+    (:class:`~activevlm.index.EmbeddingIndex` ``build``)."""
     kind = f"image:{head_fingerprint(head)}"
     ids = pool.items["sample_id"].tolist()
     try:
@@ -56,7 +64,7 @@ def pool_index(pool, head: ProjectionHead, folder: str | Path,
                                  progress=progress)  # memory-mapped: N x D never in RAM
     (Path(folder) / "index.json").unlink(missing_ok=True)  # written last by save()
     index = EmbeddingIndex.build(emb, ids=ids, model_id=pool.model_id, embedding_kind=kind,
-                                 progress=progress, on_disk=folder)
+                                 progress=progress, on_disk=folder, fill=fill)
     index.save(folder)
     return index
 
@@ -134,7 +142,9 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         target_rows=None if points is None else np.sort(points[:config.n_targets]),
         target_points=points,
         failure_prob=failure_prob,
-        index=lambda: pool_index(pool, head, state.dir.index, progress),
+        index=lambda: pool_index(pool, head, state.dir.index, progress,
+                                 ray_filler(config.ray_address) if config.uses_ray
+                                 else fill_blocks),
         neighbours=lambda: pool_neighbours(pool, head, state.dir.index, progress),
         n_draws=config.n_draws, chunk_size=config.chunk_size,
         epig_top_classes=config.epig_top_classes, labelled=np.flatnonzero(done),
