@@ -1,5 +1,5 @@
-"""Ray pipelines on a local 2-CPU Ray cluster: the same pool files, scores and queue as the
-single-process paths; a killed Ray embed resumes; clear errors without Ray."""
+"""Ray pipelines on a local 2-CPU Ray cluster: the same pool files, scores, on-disk index and
+queue as the single-process paths; a killed Ray embed resumes; clear errors without Ray."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.cli.main import app
 from activevlm.data import load_dataset
+from activevlm.index import EmbeddingIndex, StaleIndexError, ray_filler
 from activevlm.models import load_vlm, register_model_config
 from activevlm.pool import ShardedArray, embed_dataset, embed_dataset_ray
 from activevlm.runs import RunState, SelectConfig
@@ -186,6 +187,36 @@ def test_ray_scoring_refuses_chunkwise_random_heuristics(scoring_inputs):
         probs.shape[1], generator=generator), ("generator",))
     with pytest.raises(ValueError, match="draws random numbers"):
         score_pool_ray(draws, act, noisy, generator=torch.Generator().manual_seed(0))
+
+
+# --- index --------------------------------------------------------------------------------
+
+def test_ray_filled_on_disk_index_equals_the_single_process_one(ray_cluster, scoring_inputs,
+                                                               tmp_path):
+    """1,000 rows in three memory-mapped shards, blocks of 300 rows (4 Ray tasks, cutting
+    through the shards): same lists on disk, same search results, metadata and recall."""
+    _, act, _ = scoring_inputs
+    ids = [f"img/{i}.jpg" for i in range(act.shape[0])]
+    kwargs = dict(ids=ids, model_id="m", ivf_threshold=1, nlist=20, chunk_size=300,
+                  progress=False)
+    single = EmbeddingIndex.build(act, on_disk=tmp_path / "single", **kwargs)
+    ours = EmbeddingIndex.build(act, on_disk=tmp_path / "ray", fill=ray_filler(), **kwargs)
+    assert ours.metadata() == single.metadata() and ours.n == 1000 and ours.on_disk
+    assert (tmp_path / "ray" / "index.ivfdata").read_bytes() == \
+        (tmp_path / "single" / "index.ivfdata").read_bytes()
+    assert not (tmp_path / "ray" / "index.blocks").exists()
+    q = act[::50]
+    for nprobe in (1, 4, 20):
+        single.nprobe = ours.nprobe = nprobe
+        s1, i1 = single.search(q, 10)
+        s2, i2 = ours.search(q, 10)
+        np.testing.assert_array_equal(i2, i1)
+        np.testing.assert_array_equal(s2, s1)
+    ours.save(tmp_path / "ray")
+    loaded = EmbeddingIndex.load(tmp_path / "ray", model_id="m", ids=ids)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], single.search(q, 10)[1])
+    with pytest.raises(StaleIndexError, match="ids_sha256"):
+        EmbeddingIndex.load(tmp_path / "ray", model_id="m", ids=ids[::-1])
 
 
 # --- selection ------------------------------------------------------------------------------
