@@ -13,12 +13,12 @@ added in float64, as accurate as the float32 GEMM allows). Blocks hold about
 
 Sharp predictives (CLIP's logit scale 100) have class probabilities of 1e-20 and below, whose
 products are subnormal floats; x86 computes those in microcode, 50-100x slower (measured: a
-block GEMM at 0.9 instead of 90 GFLOP/s). The kernel therefore runs with subnormals flushed
-to zero (restored afterwards), and the GEMM adds a floor ``ε = 2²⁴·tiny`` (2·10⁻³¹ in
-float32) to every joint, so the log never meets 0 (``0 log 0`` would be NaN, and log's
-special-value path is slow too); the floor moves ``Σ p̂ log p̂`` by at most
-``M·C²·ε·|log ε|`` (< 10⁻²⁰ for M = 10⁴). Cost O(N·M·C²·K); memory is two buffers of
-``max_elements`` entries.
+block GEMM at 0.9 instead of 90 GFLOP/s). Probabilities are therefore floored at
+``ε = √(K·tiny)`` (1.1·10⁻¹⁸ in float32 and 1.5·10⁻¹⁵³ in float64 at K = 100) before the
+GEMM: every product ``ε·ε/K`` and every joint is then a normal float, never 0, so the log
+needs no clamp (``0 log 0`` would be NaN). The floor moves ``Σ p̂ log p̂`` by at most about
+``M·C²·ε·|log ε|`` (< 10⁻⁸ in float32 for M = 10⁴, C = 65, K = 100). Cost O(N·M·C²·K);
+memory is two buffers of ``max_elements`` entries.
 
 ``top_classes=c`` keeps, per input, the ``c`` classes of highest mean probability and lumps the
 rest into one "other" outcome. Each input's coarsening is a fixed function of its label, so
@@ -32,7 +32,7 @@ as K grows (see tests/test_epig_bald.py).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
 
 import torch
 
@@ -108,31 +108,32 @@ def epig_scores(
     h_target_mean = entropy(target_probs.mean(0).to(acc)).mean()  # scalar
     n_chunk, m_chunk = epig_chunk_sizes(n, m, c, max_elements)
     # Target blocks [K, m·C], pre-scaled by 1/K so the product is already the mean over draws.
+    floor = subnormal_safe_floor(pool_probs.dtype, k)
     target_blocks = [
-        (target_probs[:, m0 : m0 + m_chunk] / k).reshape(k, -1) for m0 in range(0, m, m_chunk)
+        (target_probs[:, m0 : m0 + m_chunk].clamp_min(floor) / k).reshape(k, -1)
+        for m0 in range(0, m, m_chunk)
     ]
-    with flush_subnormals(pool_probs.device):
-        plogp = _plogp_sums(pool_probs, target_blocks, n_chunk)  # [N]
+    plogp = _plogp_sums(pool_probs, target_blocks, n_chunk)  # [N]
     h_joint_mean = -plogp / m
     return (h_pool + h_target_mean - h_joint_mean).clamp_min(0.0).to(pool_probs.dtype)
 
 
 def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
                 n_chunk: int) -> torch.Tensor:
-    """``Σ_{y, y*, x*} p̂ log p̂`` per pool input, over all target blocks: ``[N]`` float64,
-    with ``p̂`` floored at ``ε`` inside the GEMM (module docstring)."""
+    """``Σ_{y, y*, x*} p̂ log p̂`` per pool input, over all target blocks (already floored and
+    divided by K): ``[N]`` float64; pool probabilities are floored here."""
     k, n, c = pool_probs.shape
     acc = torch.zeros(n * c, dtype=torch.float64, device=pool_probs.device)  # per (x, y)
     size = n_chunk * c * target_blocks[0].shape[1]
     joint_buf, log_buf = pool_probs.new_empty(size), pool_probs.new_empty(size)
     row_sums = pool_probs.new_empty(n_chunk * c)
-    floor = pool_probs.new_tensor(torch.finfo(pool_probs.dtype).tiny * 2.0**24)
+    floor = subnormal_safe_floor(pool_probs.dtype, k)
     for n0 in range(0, n, n_chunk):
-        left = pool_probs[:, n0 : n0 + n_chunk].reshape(k, -1).T  # [n·C, K]
+        left = pool_probs[:, n0 : n0 + n_chunk].clamp_min(floor).reshape(k, -1).T  # [n·C, K]
         rows = left.shape[0]
         for right in target_blocks:
             joint = joint_buf[: rows * right.shape[1]].view(rows, -1)
-            torch.addmm(floor, left, right, out=joint)  # ε + p̂(y, y*) for every pair
+            torch.matmul(left, right, out=joint)  # p̂(y, y*) >= ε² for every pair
             logp = torch.log(joint, out=log_buf[: joint.numel()].view_as(joint))
             # rows of m·C terms summed in the input dtype, rows and blocks in float64
             torch.sum(logp.mul_(joint), 1, out=row_sums[:rows])
@@ -140,16 +141,6 @@ def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
     return acc.view(n, c).sum(1)
 
 
-@contextmanager
-def flush_subnormals(device: torch.device):
-    """Flush subnormal floats to zero on the CPU while the block runs, then restore the
-    previous mode (read by a probe: torch has no getter). No-op on other devices."""
-    if device.type != "cpu":
-        yield
-        return
-    was_on = bool((torch.tensor([1e-40]) * 1.0).item() == 0.0)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(was_on)
+def subnormal_safe_floor(dtype: torch.dtype, k: int) -> float:
+    """``ε = 1.01·√(K·tiny)``: the GEMM's products ``ε·(ε/K)`` are normal floats."""
+    return math.sqrt(k * torch.finfo(dtype).tiny) * 1.01
