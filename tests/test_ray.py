@@ -19,6 +19,7 @@ from activevlm.acquisition import Heuristic, score_pool, score_pool_ray
 from activevlm.acquisition import ray_scoring as ray_scoring_module
 from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.from_pool import fit_pool_posterior
+from activevlm.bayes.marginal_draws import SCORING_CHUNK, MarginalDraws
 from activevlm.cli.main import app
 from activevlm.data import load_dataset
 from activevlm.index import EmbeddingIndex, StaleIndexError, ray_filler
@@ -179,6 +180,20 @@ def test_ray_scores_equal_score_pool(ray_cluster, scoring_inputs):
     ours = score_pool_ray(draws, act, "bald", rows_per_task=200, actors=2, **kwargs)
     assert ours.dtype == np.float64 and ours.shape == (1000,)
     np.testing.assert_array_equal(ours, expected)
+
+
+def test_ray_scores_per_input_draws_like_score_pool(ray_cluster, scoring_inputs):
+    """What `select` runs for BALD and entropy: per-input draws, 128-row chunks."""
+    _, act, residual = scoring_inputs
+    post, text_act = toy_posterior(D=8, d_img=12, d_txt=6, C=7, siglip=True, scale=5.0,
+                                   dtype=torch.float32)
+    draws = MarginalDraws.from_posterior(post, text_act, 16, torch.Generator().manual_seed(0),
+                                         device="cpu")
+    kwargs = dict(residual=residual, chunk_size=SCORING_CHUNK, progress=False)
+    for name in ("bald", "entropy"):
+        expected = score_pool(draws, act, name, **kwargs)
+        ours = score_pool_ray(draws, act, name, rows_per_task=300, actors=2, **kwargs)
+        np.testing.assert_array_equal(ours, expected)
 
 
 def test_ray_scoring_refuses_chunkwise_random_heuristics(scoring_inputs):
