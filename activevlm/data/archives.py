@@ -39,7 +39,7 @@ from activevlm.data.dataset import ImageDataset, is_hidden
 from activevlm.data.layouts import as_bool
 from activevlm.data.manifest import optional_text, parse_labels, resolve_classnames
 from activevlm.data.registry import register_layout
-from activevlm.data.splits import DEFAULT_RATIOS, assign_splits, parse_ratios
+from activevlm.data.splits import split_items
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
 META_FIELDS = ("caption", "label", "domain", "split")
@@ -219,13 +219,7 @@ def _finish(layout: str, root: Path, records: pd.DataFrame, label: pd.Series | N
         if present or column != "caption":
             items[column] = pd.Series(optional_text(records[column]) if present
                                       else [None] * len(items), dtype=object)
-    if split:
-        parsed = parse_ratios(DEFAULT_RATIOS if ratios is None else ratios)
-        split_seed = 0 if seed is None else int(seed)
-        items["split"] = assign_splits(items, parsed, split_seed)
-        description |= {"split_seed": split_seed, "split_ratios": list(parsed)}
-    elif ratios is not None or seed is not None:
-        raise ValueError(f"{layout}: options ratios/seed need split=True")
+    description |= split_items(items, layout, split, ratios, seed)
     domains = sorted(items["domain"].dropna().unique())
     description |= {"layout": layout, "root": str(root), "classnames_from": source,
                     "domains": domains or None}

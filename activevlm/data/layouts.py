@@ -40,7 +40,7 @@ from activevlm.data.dataset import (
     subfolders,
 )
 from activevlm.data.registry import register_layout
-from activevlm.data.splits import DEFAULT_RATIOS, assign_splits, parse_ratios
+from activevlm.data.splits import split_items
 
 Ratios = Sequence[float] | str
 
@@ -199,13 +199,7 @@ def load_tree(layout: TreeLayout, path: Path, *, split: bool | None = None,
         "domains": sorted({d for d, _ in domain_dirs if d is not None}) or None,
         "classes_present": len({name for _, name, _ in class_dirs}),
     }
-    if do_split:
-        parsed = parse_ratios(DEFAULT_RATIOS if ratios is None else ratios)
-        split_seed = 0 if seed is None else int(seed)
-        items["split"] = assign_splits(items, parsed, split_seed)
-        description |= {"split_seed": split_seed, "split_ratios": list(parsed)}
-    elif ratios is not None or seed is not None:
-        raise ValueError(f"{layout.name}: options ratios/seed need split=True")
+    description |= split_items(items, layout.name, do_split, ratios, seed)
     class_subset = classlists.imagenet_subset_ids(layout.subset) if layout.subset else None
     if class_subset is not None:
         description["class_subset"] = class_subset

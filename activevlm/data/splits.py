@@ -69,3 +69,18 @@ def assign_splits(items: pd.DataFrame, ratios: Sequence[float], seed: int) -> pd
         names = np.repeat(SPLIT_NAMES, split_counts(len(ids), ratios))
         out.loc[shuffled] = names
     return out
+
+
+def split_items(items: pd.DataFrame, name: str, split: bool,
+                ratios: Sequence[float] | str | None, seed: int | None) -> dict:
+    """Give ``items`` a ``split`` column when ``split`` (ratios default to
+    :data:`DEFAULT_RATIOS`, seed to 0) and return what the dataset description records;
+    ``ratios``/``seed`` without ``split`` are refused, naming the layout ``name``."""
+    if not split:
+        if ratios is not None or seed is not None:
+            raise ValueError(f"{name}: options ratios/seed need split=True")
+        return {}
+    parsed = parse_ratios(DEFAULT_RATIOS if ratios is None else ratios)
+    split_seed = 0 if seed is None else int(seed)
+    items["split"] = assign_splits(items, parsed, split_seed)
+    return {"split_seed": split_seed, "split_ratios": list(parsed)}
