@@ -113,21 +113,20 @@ def epig_scores(
         (target_probs[:, m0 : m0 + m_chunk].clamp_min(floor) / k).reshape(k, -1)
         for m0 in range(0, m, m_chunk)
     ]
-    plogp = _plogp_sums(pool_probs, target_blocks, n_chunk)  # [N]
+    plogp = _plogp_sums(pool_probs, target_blocks, n_chunk, floor)  # [N]
     h_joint_mean = -plogp / m
     return (h_pool + h_target_mean - h_joint_mean).clamp_min(0.0).to(pool_probs.dtype)
 
 
 def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
-                n_chunk: int) -> torch.Tensor:
+                n_chunk: int, floor: float) -> torch.Tensor:
     """``Σ_{y, y*, x*} p̂ log p̂`` per pool input, over all target blocks (already floored and
-    divided by K): ``[N]`` float64; pool probabilities are floored here."""
+    divided by K): ``[N]`` float64; pool probabilities are floored at ``floor`` here."""
     k, n, c = pool_probs.shape
     acc = torch.zeros(n * c, dtype=torch.float64, device=pool_probs.device)  # per (x, y)
     size = n_chunk * c * target_blocks[0].shape[1]
     joint_buf, log_buf = pool_probs.new_empty(size), pool_probs.new_empty(size)
     row_sums = pool_probs.new_empty(n_chunk * c)
-    floor = subnormal_safe_floor(pool_probs.dtype, k)
     for n0 in range(0, n, n_chunk):
         left = pool_probs[:, n0 : n0 + n_chunk].clamp_min(floor).reshape(k, -1).T  # [n·C, K]
         rows = left.shape[0]
