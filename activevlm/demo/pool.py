@@ -8,8 +8,9 @@ import torch
 
 from activevlm.demo.captions import PROMPT_TEMPLATES
 from activevlm.demo.model import load_demo_vlm
-from activevlm.demo.world import DEFAULT_PER_CLASS, GENERATOR_VERSION, cache_dir, demo_dataset
+from activevlm.demo.world import DEFAULT_PER_CLASS, GENERATOR_VERSION, demo_dataset
 from activevlm.pool import Pool, embed_dataset
+from activevlm.utils.paths import cache_dir
 
 
 def default_pool_dir(seed: int = 0, n_per_class: int = DEFAULT_PER_CLASS) -> Path:

@@ -37,6 +37,7 @@ from activevlm.demo.captions import caption
 from activevlm.demo.render import DOMAINS, render
 from activevlm.demo.shapes import CLASSES
 from activevlm.utils.io import atomic_write_csv, atomic_write_json
+from activevlm.utils.paths import cache_dir
 
 GENERATOR_VERSION = 3  # 3: file names no longer contain the class
 CLASSNAMES: tuple[str, ...] = tuple(CLASSES)
@@ -182,12 +183,6 @@ def write_world(root: str | Path, seed: int = 0, n_per_class: int = DEFAULT_PER_
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
-
-
-def cache_dir() -> Path:
-    """activevlm's user cache: ``$XDG_CACHE_HOME/activevlm``, else ``~/.cache/activevlm``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "activevlm"
 
 
 def default_root(seed: int = 0, n_per_class: int = DEFAULT_PER_CLASS) -> Path:

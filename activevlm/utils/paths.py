@@ -1,8 +1,18 @@
-"""Names that become file or folder names must stay inside their folder."""
+"""Where activevlm keeps its user cache, and names that become file or folder names (which
+must stay inside their folder)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from activevlm.utils.errors import ConfigError
+
+
+def cache_dir() -> Path:
+    """activevlm's user cache: ``$XDG_CACHE_HOME/activevlm``, else ``~/.cache/activevlm``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "activevlm"
 
 
 def safe_name(value, what: str) -> str:

@@ -34,10 +34,10 @@ from safetensors.torch import save_file
 
 from activevlm.data import ImageDataset, load_dataset
 from activevlm.demo.train import contrastive_step
-from activevlm.demo.world import cache_dir
 from activevlm.models import load_vlm
 from activevlm.models.registry import register_model_config
 from activevlm.utils.io import atomic_path, atomic_write_json
+from activevlm.utils.paths import cache_dir
 
 CONFIG_PATH = Path(__file__).resolve().parent / "activevlm-pacs.json"
 MODEL_NAME = CONFIG_PATH.stem

@@ -33,13 +33,13 @@ from torch import nn
 
 from activevlm.data import ImageDataset
 from activevlm.demo.train import contrastive_step
-from activevlm.demo.world import cache_dir
 from activevlm.models import get_model_config, load_vlm, register_model_config
 from activevlm.models.local_dir import is_local_dir, save_local_dir
 from activevlm.models.pretrained_trunks import create_with_pretrained_trunk
 from activevlm.pool import Pool, embed_dataset
 from activevlm.pool.rehead import rehead_pool
 from activevlm.utils.io import atomic_write_json
+from activevlm.utils.paths import cache_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pacs"))
 from pacs_clip import (  # noqa: E402
