@@ -5,11 +5,11 @@
 
 with ``p̂(y, y*) = (1/K) Σ_k p_k(y|x) p_k(y*|x*)``. For a block of n pool and m target
 inputs, all ``n·m`` joints ``[C, C]`` come from one matrix product ``[n·C, K] @ [K, m·C]``;
-the only other work is ``Σ p̂ log p̂`` per pool input: one log into a second buffer, an
-in-place product and one sum per row (``m·C`` terms in the input dtype; rows and blocks are
-added in float64, as accurate as the float32 GEMM allows). Blocks hold about
-``max_elements`` entries (default 1.6·10^5: the block, its log and the target block stay in a
-2 MiB L2 cache), so the elementwise passes read from cache what the GEMM just wrote.
+the only other work is ``Σ p̂ log p̂`` per row of the block (``m·C`` terms in the input dtype;
+rows and blocks are added in float64, as accurate as the float32 GEMM allows), one fused C
+pass on the CPU (``acquisition/plogp.py``). Blocks hold about ``max_elements`` entries
+(default 5.6·10^5, 8 pool inputs x 16 targets at C = 65), so that pass reads from cache what
+the GEMM just wrote; with T CPU threads, T Python threads take shares of the blocks.
 
 Sharp predictives (CLIP's logit scale 100) have class probabilities of 1e-20 and below, whose
 products are subnormal floats; x86 computes those in microcode, 50-100x slower (measured: a
@@ -18,7 +18,7 @@ block GEMM at 0.9 instead of 90 GFLOP/s). Probabilities are therefore floored at
 GEMM: every product ``ε·ε/K`` and every joint is then a normal float, never 0, so the log
 needs no clamp (``0 log 0`` would be NaN). The floor moves ``Σ p̂ log p̂`` by at most about
 ``M·C²·ε·|log ε|`` (< 10⁻⁸ in float32 for M = 10⁴, C = 65, K = 100). Cost O(N·M·C²·K);
-memory is two buffers of ``max_elements`` entries.
+memory is one buffer of ``max_elements`` entries per thread (two without the C pass).
 
 ``top_classes=c`` keeps, per input, the ``c`` classes of highest mean probability and lumps the
 rest into one "other" outcome. Each input's coarsening is a fixed function of its label, so
@@ -33,27 +33,35 @@ as K grows (see tests/test_epig_bald.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
 from activevlm.acquisition.entropy import entropy
+from activevlm.acquisition.plogp import PlogpRows
 
-DEFAULT_MAX_ELEMENTS = 160_000  # entries of one joint block (625 KiB in float32)
+DEFAULT_MAX_ELEMENTS = 560_000  # entries of one joint block (2.1 MiB in float32)
+TARGET_CHUNK = 16  # targets per block before pool inputs are added
 
 
 def epig_chunk_sizes(n: int, m: int, c: int, max_elements: int) -> tuple[int, int]:
     """Block sizes ``(n_chunk, m_chunk)`` with ``n_chunk·m_chunk·C² <= max_elements``.
 
-    Targets fill a block first (one pool input against up to ``max_elements / C²`` targets:
-    a ``[C, K] @ [K, m·C]`` product whose output stays in cache), rounded down to a multiple
-    of 16 targets so that rows are whole 16-float vectors (measured 1.1x for C = 65); several
-    pool inputs share a block only when all targets fit.
+    A block takes ``TARGET_CHUNK`` (16) targets, then as many pool inputs as fit; when the
+    pool inputs run out first, the targets widen, in whole multiples of 16 (rows of whole
+    16-float vectors). Measured on 2 cores at C = 65, K = 100 (``benchmarks/acquisition.py
+    --only kernel``): (8 pool, 16 targets) blocks ran at 0.71 of the GEMM floor on one thread
+    and 0.68-0.70 on two; (1, 32) blocks at about 0.72 and 0.58; (4, 16) at about 0.72 and
+    0.3-0.4 on two threads (not understood; measured, so avoided).
     """
     per_pair = c * c
-    m_chunk = max(1, min(m, max_elements // per_pair))
-    if 16 <= m_chunk < m:
-        m_chunk -= m_chunk % 16
+    m_chunk = max(1, min(m, TARGET_CHUNK, max_elements // per_pair))
     n_chunk = max(1, min(n, max_elements // (per_pair * m_chunk)))
+    m_chunk = max(m_chunk, min(m, max_elements // (per_pair * n_chunk)))
+    if TARGET_CHUNK <= m_chunk < m:
+        m_chunk -= m_chunk % TARGET_CHUNK
     return n_chunk, m_chunk
 
 
@@ -121,23 +129,58 @@ def epig_scores(
 def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
                 n_chunk: int, floor: float) -> torch.Tensor:
     """``Σ_{y, y*, x*} p̂ log p̂`` per pool input, over all target blocks (already floored and
-    divided by K): ``[N]`` float64; pool probabilities are floored at ``floor`` here."""
+    divided by K): ``[N]`` float64; pool probabilities are floored at ``floor`` here.
+
+    On the CPU with T torch threads, T Python threads each take a contiguous share of the pool
+    blocks and run them with single-threaded torch (the GEMM and the C loop release the GIL):
+    measured faster than T-threaded GEMMs on blocks this small, whose elementwise pass would
+    otherwise run on one core.
+    """
     k, n, c = pool_probs.shape
     acc = torch.zeros(n * c, dtype=torch.float64, device=pool_probs.device)  # per (x, y)
-    size = n_chunk * c * target_blocks[0].shape[1]
-    joint_buf, log_buf = pool_probs.new_empty(size), pool_probs.new_empty(size)
-    row_sums = pool_probs.new_empty(n_chunk * c)
-    for n0 in range(0, n, n_chunk):
+    starts = list(range(0, n, n_chunk))
+    workers = min(torch.get_num_threads(), len(starts)) if pool_probs.device.type == "cpu" else 1
+
+    def run(share: list[int]) -> None:
+        _plogp_blocks(pool_probs, target_blocks, share, n_chunk, floor, acc)
+
+    if workers == 1:
+        run(starts)
+        return acc.view(n, c).sum(1)
+    shares = [starts[i * len(starts) // workers : (i + 1) * len(starts) // workers]
+              for i in range(workers)]
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, shares))
+    return acc.view(n, c).sum(1)
+
+
+def _plogp_blocks(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
+                  starts: list[int], n_chunk: int, floor: float, acc: torch.Tensor) -> None:
+    """Adds ``Σ p̂ log p̂`` per (pool input, class) into ``acc [N·C]`` for the pool blocks
+    beginning at ``starts``, with its own scratch buffers."""
+    k, _, c = pool_probs.shape
+    max_rows = n_chunk * c
+    joint_buf = pool_probs.new_empty(max_rows * target_blocks[0].shape[1])
+    add_plogp = PlogpRows(pool_probs.dtype, pool_probs.device, joint_buf.numel(), max_rows)
+    for n0 in starts:
         left = pool_probs[:, n0 : n0 + n_chunk].clamp_min(floor).reshape(k, -1).T  # [n·C, K]
         rows = left.shape[0]
+        out = acc[n0 * c : n0 * c + rows]
         for right in target_blocks:
             joint = joint_buf[: rows * right.shape[1]].view(rows, -1)
             torch.matmul(left, right, out=joint)  # p̂(y, y*) >= ε² for every pair
-            logp = torch.log(joint, out=log_buf[: joint.numel()].view_as(joint))
-            # rows of m·C terms summed in the input dtype, rows and blocks in float64
-            torch.sum(logp.mul_(joint), 1, out=row_sums[:rows])
-            acc[n0 * c : n0 * c + rows] += row_sums[:rows]
-    return acc.view(n, c).sum(1)
+            add_plogp(joint, out)  # rows of m·C terms in the input dtype, added in float64
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (a process-wide setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def subnormal_safe_floor(dtype: torch.dtype, k: int) -> float:
