@@ -138,3 +138,23 @@ def test_epig_threads_give_the_same_scores_and_restore_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+def test_concurrent_epig_calls_restore_the_thread_count():
+    """Two Python threads scoring at once must leave torch's thread count as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(2)
+    p = torch.softmax(3 * torch.randn(20, 40, 65, generator=g), -1)
+    t = torch.softmax(3 * torch.randn(20, 30, 65, generator=g), -1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        want = epig_scores(p, t)
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda _: epig_scores(p, t), range(8)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(x, want) for x in got)
+

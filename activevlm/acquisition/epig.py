@@ -33,6 +33,7 @@ as K grows (see tests/test_epig_bald.py).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -144,13 +145,13 @@ def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
     def run(share: list[int]) -> None:
         _plogp_blocks(pool_probs, target_blocks, share, n_chunk, floor, acc)
 
-    if workers == 1:
-        run(starts)
-        return acc.view(n, c).sum(1)
     shares = [starts[i * len(starts) // workers : (i + 1) * len(starts) // workers]
               for i in range(workers)]
-    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, shares))
+    if workers == 1:
+        run(starts)
+    else:
+        with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, shares))
     return acc.view(n, c).sum(1)
 
 
@@ -172,15 +173,21 @@ def _plogp_blocks(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
             add_plogp(joint, out)  # rows of m·C terms in the input dtype, added in float64
 
 
+_THREADS_LOCK = threading.Lock()
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` inside the block (a process-wide setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """torch's intra-op thread count set to ``n`` inside the block. The setting is partly
+    process-wide (the default for new threads, MKL's count), so one block at a time holds it:
+    concurrent callers wait instead of restoring each other's values."""
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def subnormal_safe_floor(dtype: torch.dtype, k: int) -> float:

@@ -1,7 +1,9 @@
 """An IVF index built in bounded memory: trained on a sample, filled shard by shard, merged on
 disk into FAISS's ``OnDiskInvertedLists`` and searched memory-mapped.
 
-Steps, each with memory independent of the pool size ``N``:
+Steps, each with anonymous memory independent of the pool size ``N`` (the merge also maps
+the blocks and the output file, ``2·N·D·4`` bytes of page cache that count in RSS but that
+the kernel reclaims: the 10⁶ build runs under a 1.3 GB cgroup limit, benchmarks/README.md):
 
 1. :func:`train_ivf`: k-means on ``sample_per_list · nlist`` seeded sample rows,
    ``niter`` iterations (cost ``O(sample · nlist · niter · D)``, bounded by the arguments);
