@@ -145,11 +145,11 @@ def _plogp_sums(pool_probs: torch.Tensor, target_blocks: list[torch.Tensor],
     def run(share: list[int]) -> None:
         _plogp_blocks(pool_probs, target_blocks, share, n_chunk, floor, acc)
 
-    shares = [starts[i * len(starts) // workers : (i + 1) * len(starts) // workers]
-              for i in range(workers)]
     if workers == 1:
         run(starts)
     else:
+        shares = [starts[i * len(starts) // workers : (i + 1) * len(starts) // workers]
+                  for i in range(workers)]
         with torch_threads(1), ThreadPoolExecutor(workers) as pool:
             list(pool.map(run, shares))
     return acc.view(n, c).sum(1)

@@ -6,8 +6,8 @@ command and this CPU's feature flags (``-march=native`` code is never loaded on 
 The library is written to a temporary name and renamed, so concurrent processes never load a
 half-written file; the caller's ``check`` then compares it with a reference computation before
 it is used. With no compiler, a failed compile or check, or ``ACTIVEVLM_NATIVE=0``, the
-result is ``None`` and the caller runs its plain torch path (the reason is logged; a failure
-with a compiler present is also a warning).
+result is ``None`` and the caller runs its plain torch path (no compiler or disabled: an info
+log line; a failed compile or check: a warning naming the reason).
 """
 
 from __future__ import annotations
