@@ -60,8 +60,9 @@ def main() -> None:
         group = parent / f"activevlm-limit-{os.getpid()}"
         group.mkdir()
     except OSError as err:
-        sys.exit(f"cannot create a memory cgroup here ({err}); this check needs root in a "
-                 "container or a delegated cgroup v2 subtree")
+        print(f"cannot create a memory cgroup here ({err}); this check needs root in a "
+              "container or a delegated cgroup v2 subtree", file=sys.stderr)
+        sys.exit(2)
     files = ({"limit": "memory.limit_in_bytes", "peak": "memory.max_usage_in_bytes",
               "hits": "memory.failcnt"} if kind == "v1" else
              {"limit": "memory.max", "peak": "memory.peak", "hits": "memory.events"})
