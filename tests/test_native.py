@@ -7,6 +7,7 @@ import ctypes
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,6 @@ def test_epig_threads_give_the_same_scores_and_restore_the_thread_count():
 
 def test_concurrent_epig_calls_restore_the_thread_count():
     """Two Python threads scoring at once must leave torch's thread count as it was."""
-    from concurrent.futures import ThreadPoolExecutor
-
     g = torch.Generator().manual_seed(2)
     p = torch.softmax(3 * torch.randn(20, 40, 65, generator=g), -1)
     t = torch.softmax(3 * torch.randn(20, 30, 65, generator=g), -1)
