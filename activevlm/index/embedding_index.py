@@ -24,7 +24,13 @@ import numpy as np
 from rich.progress import Progress
 
 from activevlm.index.exclusion import Exclude, exclusion_mask
-from activevlm.index.ondisk import READ_FLAGS, BlockFiller, build_on_disk, fill_blocks
+from activevlm.index.ondisk import (
+    READ_FLAGS,
+    BlockFiller,
+    _normalised,
+    build_on_disk,
+    fill_blocks,
+)
 from activevlm.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT = "activevlm-index"
@@ -53,14 +59,6 @@ def ids_checksum(ids: Sequence[str] | None, n: int) -> str:
         h.update(str(s).encode())
         h.update(b"\n")
     return h.hexdigest()
-
-
-def _normalised(x) -> np.ndarray:
-    a = np.array(x, dtype=np.float32, copy=True, order="C")
-    if a.ndim == 1:
-        a = a[None]
-    faiss.normalize_L2(a)
-    return a
 
 
 def default_nlist(n: int) -> int:

@@ -36,8 +36,12 @@ BlockFiller = Callable[[Path, object, Sequence[slice], Sequence[Path]], list[Pat
 ``row_ranges[k]`` (:func:`fill_block`) for every ``k``; returns ``outs``."""
 
 
-def _unit(x) -> np.ndarray:
+def _normalised(x) -> np.ndarray:
+    """Rows of ``x`` (``[n, D]``, or one ``[D]`` vector) as a float32 C-contiguous copy with unit
+    L2 norm: ``[n, D]``. Shared with ``embedding_index``."""
     a = np.array(x, dtype=np.float32, copy=True, order="C")
+    if a.ndim == 1:
+        a = a[None]
     faiss.normalize_L2(a)
     return a
 
@@ -54,7 +58,7 @@ def train_ivf(embeddings, nlist: int, *, sample_per_list: int = 32, niter: int =
     index.cp.seed, index.cp.niter = seed, niter
     index.cp.max_points_per_centroid = max(sample_per_list, 1)  # no second subsampling
     index.cp.min_points_per_centroid = min(39, sample_per_list)  # the sample size is chosen
-    index.train(_unit(embeddings[sample]))
+    index.train(_normalised(embeddings[sample]))
     return index
 
 
@@ -67,7 +71,7 @@ def fill_block(trained: str | Path | np.ndarray, embeddings, rows: slice, out: s
         else faiss.read_index(str(trained))
     for i in range(rows.start, rows.stop, chunk_size):
         j = min(rows.stop, i + chunk_size)
-        index.add_with_ids(_unit(embeddings[i:j]), np.arange(i, j, dtype=np.int64))
+        index.add_with_ids(_normalised(embeddings[i:j]), np.arange(i, j, dtype=np.int64))
     with atomic_path(Path(out)) as tmp:
         faiss.write_index(index, str(tmp))
     return Path(out)
