@@ -33,8 +33,30 @@ def draw_class_embeddings(text_weights: torch.Tensor, text_act, head: Projection
     return F.normalize(torch.matmul(w_txt, t.T).transpose(1, 2), dim=-1)
 
 
+class ClassDraws:
+    """What joint and per-input draws share: ``text_embeddings [K, C, D]`` and a ``probs(act,
+    residual) -> [K, n, C]`` method."""
+
+    text_embeddings: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.text_embeddings.shape[1]
+
+    def probs_chunked(self, act, residual=None, *, chunk_size: int = 1024) -> torch.Tensor:
+        """:meth:`probs` over all rows of ``act [M, d_img]`` in chunks: ``[K, M, C]`` (for
+        target sets; pools go through :func:`activevlm.acquisition.score_pool`)."""
+        m = act.shape[0]
+        parts = [
+            self.probs(act[i : i + chunk_size],
+                       None if residual is None else residual[i : i + chunk_size])
+            for i in range(0, m, chunk_size)
+        ]
+        return torch.cat(parts, dim=1)
+
+
 @dataclass
-class JointDraws:
+class JointDraws(ClassDraws):
     """Joint draws ready for scoring.
 
     ``image_weight [K, D, d_img(+1)]`` (last column = image bias when ``image_bias_column``),
@@ -62,10 +84,6 @@ class JointDraws:
     @property
     def num_draws(self) -> int:
         return self.image_weight.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.text_embeddings.shape[1]
 
     @property
     def device(self) -> torch.device:
@@ -175,14 +193,3 @@ class JointDraws:
         """Class probabilities per draw ``[K, n, C]``: softmax, or normalised sigmoids for
         SigLIP heads (``links.link_for``), the predictive that evaluation uses too."""
         return link_probs(self.logits(act, residual), link_for(self))
-
-    def probs_chunked(self, act, residual=None, *, chunk_size: int = 1024) -> torch.Tensor:
-        """:meth:`probs` over all rows of ``act [M, d_img]`` in chunks: ``[K, M, C]`` (for
-        target sets; pools go through :func:`activevlm.acquisition.score_pool`)."""
-        m = act.shape[0]
-        parts = [
-            self.probs(act[i : i + chunk_size],
-                       None if residual is None else residual[i : i + chunk_size])
-            for i in range(0, m, chunk_size)
-        ]
-        return torch.cat(parts, dim=1)

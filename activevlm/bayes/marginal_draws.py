@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import torch
 
-from activevlm.bayes.draws import draw_class_embeddings
+from activevlm.bayes.draws import ClassDraws, draw_class_embeddings
 from activevlm.models.head import augment
 from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
@@ -42,7 +42,7 @@ SCORING_CHUNK = 128
 
 
 @dataclass
-class MarginalDraws:
+class MarginalDraws(ClassDraws):
     """Per-input exact draws, with the scoring interface of :class:`JointDraws`.
 
     ``image_mean [D, d_img(+1)]`` = W* (bias as last column when ``image_bias_column``),
@@ -76,10 +76,6 @@ class MarginalDraws:
     @property
     def num_draws(self) -> int:
         return self.directions.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.text_embeddings.shape[1]
 
     @property
     def device(self) -> torch.device:
@@ -148,13 +144,3 @@ class MarginalDraws:
         """Class probabilities per draw ``[K, n, C]`` through the head's link (see
         :meth:`JointDraws.probs`)."""
         return link_probs(self._logits_nkc(act, residual), link_for(self)).transpose(0, 1)
-
-    def probs_chunked(self, act, residual=None, *, chunk_size: int = 1024) -> torch.Tensor:
-        """:meth:`probs` over all rows of ``act [M, d_img]`` in chunks: ``[K, M, C]``."""
-        m = act.shape[0]
-        parts = [
-            self.probs(act[i : i + chunk_size],
-                       None if residual is None else residual[i : i + chunk_size])
-            for i in range(0, m, chunk_size)
-        ]
-        return torch.cat(parts, dim=1)
