@@ -191,13 +191,15 @@ class PathwiseConditioning:
         beta = (1.0 - (1.0 + c * v) ** -0.5) / v
         delta = self._deviation[:, row].reshape(-1)  # δ_k  [K·D]
         if n_picks == len(self._delta):  # grow the buffers geometrically
-            self._beta_u = torch.cat([self._beta_u, torch.empty_like(self._beta_u)
-                                      .resize_(max(1, n_picks), self._beta_u.shape[1])])
-            self._delta = torch.cat([self._delta, torch.empty_like(self._delta)
-                                     .resize_(max(1, n_picks), self._delta.shape[1])])
+            self._beta_u, self._delta = _doubled(self._beta_u), _doubled(self._delta)
         self._beta_u[n_picks] = beta * u
         self._delta[n_picks] = delta
         self.a_tilde_inv -= (c / (1.0 + c * v)) * torch.outer(u, u)
         pick = Pick(int(row), c, v, beta)
         self.picks.append(pick)
         return pick
+
+
+def _doubled(buf: torch.Tensor) -> torch.Tensor:
+    """``buf [J, W]`` followed by ``max(1, J)`` uninitialised rows: ``[J + max(1, J), W]``."""
+    return torch.cat([buf, buf.new_empty(max(1, len(buf)), buf.shape[1])])
