@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,11 @@ from activevlm.utils.io import (
 )
 
 DEFAULT_SHARD_SIZE = 8192
+
+ShardEmbedder = Callable[..., None]
+"""``embed(dataset, vlm, out, plan, pending, shard_size, batch_size, num_workers, progress)``:
+writes the activation shards and markers of the shard indices ``pending``
+(:func:`embed_shards`)."""
 PLAN_COMPARE = ["sample_id", "label", "domain", "split", "caption"]
 
 
@@ -54,6 +59,7 @@ def embed_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     templates: str | Sequence[str] = "simple",
     progress: bool = True,
+    embed_pending: ShardEmbedder | None = None,
 ) -> Pool:
     """Embed every image of ``dataset`` with ``vlm`` into the pool directory ``out``.
 
@@ -69,14 +75,17 @@ def embed_dataset(
     Re-running after an interruption resumes (finished shards are kept); re-running on a
     complete pool returns it. Raises ``PoolError`` when ``out`` holds a pool of another
     model, another dataset plan, other templates or another shard size.
+
+    ``embed_pending`` embeds the pending shards (default :func:`embed_shards` in this
+    process; :func:`activevlm.pool.ray_embed.embed_dataset_ray` passes its Ray pipeline).
     """
     job = prepare_job(dataset, vlm, out, batch_size=batch_size, shard_size=shard_size,
                       templates=templates, progress=progress)
     if job.complete:
         return open_pool(job.out, model_id=vlm.model_id)
     if job.pending:
-        embed_shards(dataset, vlm, job.out, job.plan, job.pending, shard_size, batch_size,
-                     num_workers, progress)
+        (embed_pending or embed_shards)(dataset, vlm, job.out, job.plan, job.pending,
+                                        shard_size, batch_size, num_workers, progress)
     return finalise_pool(job.out, job.manifest, job.plan, job.n_shards)
 
 

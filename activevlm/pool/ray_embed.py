@@ -12,9 +12,9 @@ either path. The pool directory must be on a file system every node sees.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,8 @@ import pandas as pd
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from activevlm.pool import layout
-from activevlm.pool.embed import DEFAULT_SHARD_SIZE, embed_shards, finalise_pool, prepare_job
-from activevlm.pool.store import Pool, open_pool
+from activevlm.pool.embed import DEFAULT_SHARD_SIZE, embed_dataset, embed_shards
+from activevlm.pool.store import Pool
 from activevlm.utils.ray_cluster import actor_count, actor_map, connect, import_ray
 
 
@@ -39,7 +38,6 @@ class _EmbedWork:
     shard_size: int
     batch_size: int
     num_workers: int
-    threads: int
 
 
 class _ShardEmbedder:
@@ -47,16 +45,14 @@ class _ShardEmbedder:
 
     def __init__(self, refs: list) -> None:
         self.work: _EmbedWork = import_ray().get(refs[0])
-        torch.set_num_threads(self.work.threads)
+        torch.set_num_threads(1 + self.work.num_workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         w = self.work
         shards = [int(k) for k in batch["shard"]]
         embed_shards(w.dataset, w.vlm, w.out, w.plan, shards, w.shard_size, w.batch_size,
                      w.num_workers, progress=False)
-        planned = [json.loads(layout.shard_file(w.out, "marker", k).read_text())["plan_rows"]
-                   for k in shards]
-        return {"shard": np.array(shards), "planned": np.array([b - a for a, b in planned])}
+        return {"shard": np.array(shards)}
 
 
 def embed_dataset_ray(
@@ -81,26 +77,33 @@ def embed_dataset_ray(
     copies (default: one per GPU of the cluster when ``vlm.device`` is CUDA, else one per
     ``1 + num_workers`` CPUs; never more than the pending shards). Each actor reads its
     shard's images with ``num_workers`` loader processes and ``1 + num_workers`` torch
-    threads. ``vlm`` is shipped to the actors once through the object store.
+    threads. ``vlm`` is shipped to the actors once through the object store. Ray is contacted
+    only when shards are pending.
     """
-    job = prepare_job(dataset, vlm, out, batch_size=batch_size, shard_size=shard_size,
-                      templates=templates, progress=progress)
-    if job.complete:
-        return open_pool(job.out, model_id=vlm.model_id)
-    if job.pending:
-        ray = connect(address, progress=False)
-        gpus = 1 if torch.device(vlm.device).type == "cuda" else 0
-        cpus = 1 + num_workers
-        work = _EmbedWork(dataset, vlm, job.out.resolve(), job.plan, shard_size, batch_size,
-                          num_workers, cpus)
-        n_actors = actors or actor_count(ray, num_cpus=cpus, num_gpus=gpus)
-        total = sum(min((k + 1) * shard_size, len(job.plan)) - k * shard_size
-                    for k in job.pending)
-        columns = [TextColumn("[bold]embedding on Ray[/]"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("images"), TimeElapsedColumn()]
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("embed", total=total)
-            for done in actor_map(ray, [{"shard": k} for k in job.pending], _ShardEmbedder,
-                                  work, actors=n_actors, num_cpus=cpus, num_gpus=gpus):
-                bar.advance(task, int(done["planned"].sum()))
-    return finalise_pool(job.out, job.manifest, job.plan, job.n_shards)
+    return embed_dataset(dataset, vlm, out, batch_size=batch_size, num_workers=num_workers,
+                         shard_size=shard_size, templates=templates, progress=progress,
+                         embed_pending=partial(embed_shards_ray, address=address,
+                                               actors=actors))
+
+
+def embed_shards_ray(dataset, vlm, out: Path, plan: pd.DataFrame, pending: list[int],
+                     shard_size: int, batch_size: int, num_workers: int, progress: bool, *,
+                     address: str | None = None, actors: int | None = None) -> None:
+    """The :data:`~activevlm.pool.embed.ShardEmbedder` of :func:`embed_dataset_ray`: the
+    ``pending`` shards embedded by Ray actors (arguments as there)."""
+    ray = connect(address, progress=False)
+    gpus = 1 if torch.device(vlm.device).type == "cuda" else 0
+    cpus = 1 + num_workers
+    work = _EmbedWork(dataset, vlm, out.resolve(), plan, shard_size, batch_size, num_workers)
+    n_actors = actors or actor_count(ray, num_cpus=cpus, num_gpus=gpus)
+
+    def rows_in(k: int) -> int:
+        return min((k + 1) * shard_size, len(plan)) - k * shard_size
+
+    columns = [TextColumn("[bold]embedding on Ray[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("images"), TimeElapsedColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("embed", total=sum(rows_in(k) for k in pending))
+        for done in actor_map(ray, [{"shard": k} for k in pending], _ShardEmbedder, work,
+                              actors=n_actors, num_cpus=cpus, num_gpus=gpus):
+            bar.advance(task, sum(rows_in(int(k)) for k in done["shard"]))
