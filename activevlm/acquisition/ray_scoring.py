@@ -10,6 +10,7 @@ evaluates and the scores are the same numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -88,11 +89,10 @@ def score_pool_ray(
     is refused (its stream would depend on how the rows are split).
     """
     h = get_heuristic(heuristic)
-    score = partial(score_pool, draws, pool_act, h, residual=residual,
-                    target_probs=target_probs, external_scores=external_scores,
-                    generator=generator, chunk_size=chunk_size, progress=progress)
     if not h.uses_probs:
-        return score()
+        return score_pool(draws, pool_act, h, residual=residual, target_probs=target_probs,
+                          external_scores=external_scores, generator=generator,
+                          chunk_size=chunk_size, progress=progress)
     if "generator" in h.requires:
         raise ValueError(f"heuristic {h.name!r} draws random numbers chunk by chunk; its "
                          "scores would depend on how Ray splits the pool: score it without Ray")
@@ -101,8 +101,8 @@ def score_pool_ray(
     n = pool_act.shape[0]
     if residual is not None and residual.shape[0] != n:
         raise ValueError(f"residual has {residual.shape[0]} rows, pool_act has {n}")
-    per_task = chunk_size * max(1, -(-(rows_per_task or chunk_size * DEFAULT_CHUNKS_PER_TASK)
-                                     // chunk_size))
+    per_task = chunk_size * max(1, math.ceil(
+        (rows_per_task or chunk_size * DEFAULT_CHUNKS_PER_TASK) / chunk_size))
     ray = connect(address, progress=progress)
     gpus = 1 if draws.device.type == "cuda" else 0
     work = _ScoreWork(draws, pool_act, residual, h, target_probs, external_scores, chunk_size)

@@ -23,7 +23,7 @@ from activevlm.utils.validation import check_shape
 
 
 def draw_class_embeddings(text_weights: torch.Tensor, text_act, head: ProjectionHead,
-                     device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+                          device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Unit-norm class embeddings ``[K, C, D]`` of class text activations ``text_act [C, d_txt]``
     under text weight draws ``[K, D, d_txt(+1)]`` (bias as last column when ``head`` has one)."""
     t = to_tensor(text_act, device, dtype)
