@@ -41,12 +41,12 @@ from activevlm.utils.io import (
 )
 
 DEFAULT_SHARD_SIZE = 8192
+PLAN_COMPARE = ["sample_id", "label", "domain", "split", "caption"]
 
 ShardEmbedder = Callable[..., None]
 """``embed(dataset, vlm, out, plan, pending, shard_size, batch_size, num_workers, progress)``:
 writes the activation shards and markers of the shard indices ``pending``
 (:func:`embed_shards`)."""
-PLAN_COMPARE = ["sample_id", "label", "domain", "split", "caption"]
 
 
 def embed_dataset(
