@@ -19,13 +19,14 @@ _EXPORTS = {
     **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
                     "heuristics"),
     "typical_greedy": "hybrid",
-    **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "StrategySpec", "Weighting",
-                     "parse_strategy", "resolve_targeting"], "options"),
+    **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "Phase", "PhasedSpec",
+                     "StrategySpec", "Weighting", "parse_strategy", "resolve_targeting"],
+                    "options"),
     **dict.fromkeys(["map_probs", "score_pool"], "scoring"),
     **dict.fromkeys(["ray_scorer", "score_pool_ray"], "ray_scoring"),
     **dict.fromkeys(["BatchInputs", "RULES"], "rules"),
-    **dict.fromkeys(["Selection", "SelectionProblem", "Strategy", "make_strategy"],
-                    "strategy"),
+    **dict.fromkeys(["PhasedStrategy", "Selection", "SelectionProblem", "Strategy",
+                     "make_strategy"], "strategy"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

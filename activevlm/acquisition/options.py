@@ -61,17 +61,61 @@ class StrategySpec:
     rule: BatchRule | None = None
 
 
-STRATEGIES: dict[str, StrategySpec] = {
+class Phase(StrEnum):
+    """Which part of a :class:`PhasedSpec` chooses a round."""
+
+    COVERAGE = "coverage"
+    UNCERTAINTY = "uncertainty"
+
+
+@dataclass(frozen=True)
+class PhasedSpec:
+    """A regime-aware strategy: ``early`` (a coverage strategy) while the run has acquired
+    fewer than ``switch_per_class`` labels per class of the label set, ``late`` (an
+    uncertainty strategy, which takes the batch options) afterwards.
+
+    The low/high-budget phase change of Hacohen et al. 2022 ("Active learning on a budget"):
+    representative picks win a cold start, uncertainty wins once every class has a few
+    labels; TCM (Doucet et al. 2024) switches TypiClust → margin. The switch reads only the
+    run's own state (labels and queued items so far, the number of classes), fixed in advance
+    at one label per class: below it the model has not seen most classes labelled, so its
+    uncertainty is mostly about classes it has never been shown.
+    """
+
+    early: str
+    late: str
+    switch_per_class: float = 1.0
+
+    heuristic = None
+    failure = None
+    rule = None
+
+    @property
+    def bayesian(self) -> bool:
+        return STRATEGIES[self.early].bayesian or STRATEGIES[self.late].bayesian
+
+    def phase(self, n_acquired: int, n_classes: int) -> Phase:
+        """The phase of a round that starts with ``n_acquired`` labelled or queued items."""
+        return (Phase.COVERAGE if n_acquired < self.switch_per_class * n_classes
+                else Phase.UNCERTAINTY)
+
+
+STRATEGIES: dict[str, StrategySpec | PhasedSpec] = {
     "random": StrategySpec("random", False),
     "entropy": StrategySpec("entropy", False),  # MAP predictive entropy
     "bayes-entropy": StrategySpec("entropy", True),  # entropy of the posterior predictive
     "margin": StrategySpec("margin", False),
+    "bayes-margin": StrategySpec("margin", True),  # margin of the posterior predictive
     "bald": StrategySpec("bald", True),
     "epig": StrategySpec("epig", True),
     "vilu": StrategySpec("vilu", False, failure="scores"),
     "vilu+epig": StrategySpec("epig", True, failure="weights"),  # EPIG · p_fail
     "typiclust": StrategySpec(None, False, rule=BatchRule.TYPICLUST),  # Hacohen et al. 2022
     "probcover": StrategySpec(None, False, rule=BatchRule.PROBCOVER),  # Yehuda et al. 2022
+    # regime-aware: random picks (targeted: among the target's neighbours) for the cold
+    # start, then the posterior predictive's margin (benchmarks/selection/RESULTS.md)
+    "auto": PhasedSpec("random", "bayes-margin"),
+    "tcm": PhasedSpec("typiclust", "margin"),  # Doucet et al. 2024: TypiClust, then margin
 }
 
 
@@ -144,6 +188,9 @@ def check_composition(name: str, batch: BatchOptions) -> None:
     """Refuse a strategy and batch options that do not compose, naming both."""
     base, _ = parse_strategy(name)
     spec = STRATEGIES[base]
+    if isinstance(spec, PhasedSpec):  # the batch options are the uncertainty phase's
+        check_composition(spec.late, batch)
+        return
     if spec.rule is not None and batch.rule is not BatchRule.TOPK:
         raise ValueError(f"strategy {base!r} is its own batch rule; leave the batch rule at "
                          f"'topk', not {batch.rule.value!r}")

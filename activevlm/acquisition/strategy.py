@@ -19,7 +19,7 @@ Names and targeting: :mod:`activevlm.acquisition.options`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -34,6 +34,8 @@ from activevlm.acquisition.options import (
     UNTARGETED,
     BatchOptions,
     BatchRule,
+    Phase,
+    PhasedSpec,
     StrategySpec,
     check_composition,
     resolve_targeting,
@@ -94,12 +96,14 @@ class SelectionProblem:
 @dataclass
 class Selection:
     """``rows [<=budget]`` pool rows in selection order with their ``scores``;
-    ``scored_rows [L]`` / ``scores_all [L]``: every candidate that was scored."""
+    ``scored_rows [L]`` / ``scores_all [L]``: every candidate that was scored; ``phase``: the
+    phase of a regime-aware strategy that chose them (None for the others)."""
 
     rows: np.ndarray
     scores: np.ndarray
     scored_rows: np.ndarray
     scores_all: np.ndarray
+    phase: Phase | None = None
 
 
 @dataclass(frozen=True)
@@ -213,13 +217,59 @@ class Strategy:
         return scores
 
 
+@dataclass(frozen=True)
+class PhasedStrategy:
+    """A regime-aware strategy (:class:`PhasedSpec`): ``early`` while the run is in its
+    coverage phase, ``late`` afterwards; the same interface as :class:`Strategy`."""
+
+    name: str
+    targeted: bool
+    early: Strategy
+    late: Strategy
+    neighbourhood: float = 10.0
+
+    @property
+    def spec(self) -> PhasedSpec:
+        return STRATEGIES[self.name]
+
+    @property
+    def label(self) -> str:
+        return self.name + (TARGETED if self.targeted else UNTARGETED)
+
+    @property
+    def needs_target(self) -> bool:
+        return self.early.needs_target or self.late.needs_target
+
+    @property
+    def batch(self) -> BatchOptions:
+        return self.late.batch
+
+    def phase(self, problem: SelectionProblem) -> Phase:
+        """The phase from the run's state: its labelled and queued rows, its classes."""
+        n = 0 if problem.labelled is None else len(problem.labelled)
+        return self.spec.phase(n, len(problem.pool.classnames))
+
+    def select(self, problem: SelectionProblem, budget: int, seed: int) -> Selection:
+        phase = self.phase(problem)
+        part = self.early if phase is Phase.COVERAGE else self.late
+        return replace(part.select(problem, budget, seed), phase=phase)
+
+
 def make_strategy(name: str, *, has_target: bool, targeted: bool | None = None,
-                  batch: BatchOptions | None = None, neighbourhood: float = 10.0) -> Strategy:
-    """The :class:`Strategy` a name means (targeting: :func:`resolve_targeting`)."""
+                  batch: BatchOptions | None = None,
+                  neighbourhood: float = 10.0) -> Strategy | PhasedStrategy:
+    """The :class:`Strategy` (or :class:`PhasedStrategy`) a name means (targeting:
+    :func:`resolve_targeting`; a phased strategy's batch options are its uncertainty
+    phase's)."""
     base, targeted = resolve_targeting(name, has_target=has_target, targeted=targeted)
     batch = batch or BatchOptions()
     check_composition(base, batch)
     if neighbourhood < 1:
         raise ValueError(f"neighbourhood must be >= 1 (a multiple of the budget), got "
                          f"{neighbourhood}")
+    spec = STRATEGIES[base]
+    if isinstance(spec, PhasedSpec):
+        return PhasedStrategy(base, targeted,
+                              Strategy(spec.early, targeted, BatchOptions(), neighbourhood),
+                              Strategy(spec.late, targeted, batch, neighbourhood), neighbourhood)
     return Strategy(base, targeted, batch, neighbourhood)

@@ -17,6 +17,25 @@ _SELECT = SelectConfig()
 _BATCH = BatchOptions()
 
 
+def describe_round(result, state, target: str | None) -> None:
+    """The target, the neighbourhood chosen among and the phase of a regime-aware strategy."""
+    if result.neighbourhood is not None:
+        share = result.neighbourhood / max(result.candidates, 1)
+        console.print(f"target {target}: chose among the {result.neighbourhood} pool items "
+                      f"nearest to it ({share:.0%} of the {result.candidates} candidates)")
+        if result.nearly_untargeted:
+            console.print("[yellow]warning:[/] the neighbourhood holds most of the pool, so "
+                          "this round is nearly untargeted; lower --neighbourhood or --budget,"
+                          " or use a larger pool")
+    if result.phase is not None:
+        spec = result.strategy.spec
+        n = len(state.excluded()) - len(result.queue)
+        part = spec.early if result.phase == "coverage" else spec.late
+        console.print(f"phase: {result.phase} ({n} items labelled, queued or skipped before,"
+                      f" switch at {spec.switch_per_class:g} per class x "
+                      f"{len(state.classnames)} classes): {part}")
+
+
 def select(
     budget: int = typer.Option(_SELECT.budget, "--budget", help="Number of items to queue."),
     pool: Path | None = typer.Option(None, "--pool", help="Pool directory (default: demo)."),
@@ -79,7 +98,7 @@ def select(
     """Score the unlabelled pool and write the next labelling queue into the run directory."""
     from activevlm.pool import open_pool
     from activevlm.runs.queue import LabelStudioOptions, pool_image_root
-    from activevlm.runs.session import run_select
+    from activevlm.runs.session import DEMO_TARGET_DOMAIN, run_select
     from activevlm.utils.ray_cluster import connect
 
     config = SelectConfig(
@@ -105,6 +124,7 @@ def select(
     q = result.queue
     console.print(f"round {result.round}: queued {len(q)} items "
                   f"({result.strategy.label}, seed {config.seed}) in {state.path}")
+    describe_round(result, state, target or (DEMO_TARGET_DOMAIN if pool is None else None))
     if len(q) < budget:
         console.print(f"[yellow]note:[/] --budget {budget} but only {len(q)} unlabelled, "
                       f"unqueued items were left in the pool split; all of them were queued")

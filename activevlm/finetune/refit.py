@@ -60,7 +60,10 @@ class RefitConfig:
     it); ``batch_size``: images per class batch of the labels-mode KFAC fit (the text side
     has C samples per batch); ``prior_num_samples``: ``N`` of the existing factors, an int or
     ``(image, text)``; None takes the count the posterior records (it must then record one);
-    ``device``: where the KFAC fit runs ("auto" = CUDA when present).
+    ``device``: where the KFAC fit runs ("auto" = CUDA when present); ``calibrate``: after
+    the refit, temper the posterior by the temperature that cross-fitting on the run's labels
+    chooses (:mod:`activevlm.finetune.calibration`, ``calibration_folds`` parts; skipped
+    with fewer than 2 labels per part).
     """
 
     mode: RefitMode = RefitMode.RECENTRE_UPDATE
@@ -68,6 +71,8 @@ class RefitConfig:
     batch_size: int = 4096
     prior_num_samples: int | tuple[int, int] | None = None
     device: str = "auto"
+    calibrate: bool = True
+    calibration_folds: int = 2
 
     _constraints = {
         "mode": [RefitMode],
@@ -75,6 +80,8 @@ class RefitConfig:
         "batch_size": [Interval(1, None, integer=True)],
         "prior_num_samples": [None, Interval(1, None, integer=True), tuple, list],
         "device": [str],
+        "calibrate": [bool],
+        "calibration_folds": [Interval(2, None, integer=True)],
     }
 
     def __post_init__(self) -> None:

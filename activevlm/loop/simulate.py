@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from activevlm.acquisition import STRATEGIES
+from activevlm.acquisition.conditioning import curvature_scale
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.loop.config import LoopConfig
 from activevlm.loop.evaluate import evaluate_model
@@ -139,13 +140,14 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     for option, split in (("pool_split", config.select.pool_split),
                           ("val_split", config.val_split), ("test_split", config.test_split)):
         check_split(pool, split, option)
-    val_rows = _rows_of(pool, config.target_domain, config.val_split)
+    val_rows = (None if config.val_split is None else
+                _rows_of(pool, config.target_domain, config.val_split))
     return _run_loop(pool, config, out_dir, seed, val_rows, posterior=posterior,
                      progress=progress, log=log, on_round=on_round)
 
 
 @writes_run("out_dir")  # one writer per run directory
-def _run_loop(pool, config: LoopConfig, out_dir: Path, seed: int, val_rows: np.ndarray, *,
+def _run_loop(pool, config: LoopConfig, out_dir: Path, seed: int, val_rows: np.ndarray | None, *,
               posterior, progress: bool, log: Callable, on_round) -> pd.DataFrame:
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_loop_file(out_dir, config, seed, pool.model_id)
@@ -161,6 +163,7 @@ def _run_loop(pool, config: LoopConfig, out_dir: Path, seed: int, val_rows: np.n
     base_name, targeted = select.resolve(has_target=select.target_domain is not None)
     spec = STRATEGIES[base_name]
     rows = _metric_rows(out_dir)
+    target_rows = pool.indices(domain=config.target_domain, split=select.target_split)
 
     def evaluate(head, post) -> dict:
         return evaluate_model(pool, head, post, domain=config.target_domain,
@@ -200,6 +203,7 @@ def _run_loop(pool, config: LoopConfig, out_dir: Path, seed: int, val_rows: np.n
         row = {"round": r, "n_labels": adapted.n_labels,
                "n_new": adapted.n_labels - rows[-1]["n_labels"],
                **evaluate(adapted.head, adapted.posterior), **batch,
+               **posterior_stats(pool, adapted.posterior, target_rows),
                "failure_source": source, "best_epoch": adapted.finetune.best_epoch}
         rows.append(_finish(row, select.strategy, targeted, seed, t_select, adapted.seconds,
                             time.perf_counter() - t_eval, time.perf_counter() - start))
@@ -229,6 +233,23 @@ def batch_stats(pool, state: RunState, round_index: int, target_domain: str | No
                   else float("nan"))
     return {"target_share": share, "n_classes_new": int(len(np.unique(labels[labels >= 0]))),
             "batch_similarity": similarity}
+
+
+def posterior_stats(pool, posterior: BayesVLMPosterior | None, rows: np.ndarray) -> dict:
+    """``calibration_tau`` (the temperature the refit chose, NaN when not calibrated) and
+    ``cv_median``, the median over the pool ``rows`` (the target's images) of ``c·v``: how
+    much one label shrinks an image's embedding variance (MATH.md §6; tempering leaves it
+    unchanged). Empty without a posterior."""
+    if posterior is None:
+        return {}
+    tau = posterior.data_description.get("calibration", {}).get("tau", float("nan"))
+    act, res = pool.rows(rows)
+    text = pool.text_activations
+    post = posterior.image
+    gamma = curvature_scale(posterior, text, act, res)
+    _, v = post.embedding_moments(torch.from_numpy(act).to(post.W_map))
+    cv = post.pseudo_count * gamma * v.double()
+    return {"calibration_tau": float(tau), "cv_median": float(cv.median())}
 
 
 def _finish(row: dict, strategy: str, targeted: bool, seed: int, t_select: float,

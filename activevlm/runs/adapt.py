@@ -17,6 +17,7 @@ import torch
 from activevlm.bayes.posterior import BayesVLMPosterior
 from activevlm.finetune import FinetuneConfig, FinetuneResult, RefitConfig, finetune_head
 from activevlm.finetune import refit_posterior as refit
+from activevlm.finetune.calibration import crossfit_temperature, tempered
 from activevlm.models.head import ProjectionHead
 from activevlm.runs.errors import RunError
 from activevlm.runs.lock import writes_run
@@ -63,8 +64,10 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
 
     ``val_rows``: pool rows whose dataset labels form the validation set (early stopping);
     None holds out ``finetune.val_fraction`` of the run's labels. Writes ``run/head.*`` and,
-    when ``base`` is given, ``run/posterior/`` (the refit of ``base``; mode "none" keeps
-    ``base``). Deterministic for a given set of labels and config.
+    when ``base`` is given, ``run/posterior/`` (the refit of ``base``, tempered to the new head
+    when ``refit_config.calibrate``: :mod:`activevlm.finetune.calibration`, its record under
+    ``data_description["calibration"]``; mode "none" keeps ``base``). Deterministic for a
+    given set of labels and config.
     """
     start = time.perf_counter()
     rows, labels = labelled_rows(pool, state)
@@ -81,12 +84,26 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
                              f"({len(val_rows)} given, {(v_labels < 0).sum()} unlabelled)")
         v_act, v_res = _activations(pool, val_rows)
         val = (v_act, torch.from_numpy(v_labels), v_res)
-    result = finetune_head(pool.head, act, torch.from_numpy(labels), pool.text_activations,
+    y = torch.from_numpy(labels)
+    result = finetune_head(pool.head, act, y, pool.text_activations,
                            residual=res, val=val, config=finetune, progress=progress)
     result.head.save(state.dir.head)
     post = None
     if base is not None:
-        post = refit(base, result.head, act, torch.from_numpy(pool.text_activations),
-                     image_residual=res, config=refit_config, progress=progress)
+        cfg = refit_config or RefitConfig()
+        text_act = torch.from_numpy(pool.text_activations)
+        post = refit(base, result.head, act, text_act, image_residual=res, config=cfg,
+                     progress=progress)
+        if cfg.calibrate and cfg.mode != "none" and len(rows) >= 2 * cfg.calibration_folds:
+            def fit_head(train: np.ndarray) -> ProjectionHead:
+                return finetune_head(pool.head, act[train], y[train], pool.text_activations,
+                                     residual=None if res is None else res[train], val=val,
+                                     config=finetune, progress=False).head
+
+            cal = crossfit_temperature(post, fit_head, act, y, text_act, res,
+                                       folds=cfg.calibration_folds,
+                                       seed=(finetune or FinetuneConfig()).seed)
+            post = tempered(post, cal.tau)
+            post.data_description["calibration"] = cal.to_dict()
         save_posterior(post, state.dir.posterior)
     return AdaptResult(result.head, post, result, len(rows), time.perf_counter() - start)

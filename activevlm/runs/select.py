@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from activevlm.acquisition import (
+    PhasedStrategy,
     SelectionProblem,
     Strategy,
     make_strategy,
@@ -36,16 +37,30 @@ from activevlm.runs.queue import LabelStudioOptions, default_document_root, writ
 from activevlm.runs.state import RunState
 from activevlm.utils.io import atomic_write_parquet
 
+NEARLY_UNTARGETED = 0.5
+"""A neighbourhood above this share of the candidates makes targeted selection nearly
+untargeted (``select`` warns)."""
+
 
 @dataclass
 class SelectionResult:
-    """``queue`` (the written table), ``round`` index, written ``paths`` by kind, and the
-    resolved ``strategy``."""
+    """``queue`` (the written table), ``round`` index, written ``paths`` by kind, the
+    resolved ``strategy``, the ``phase`` of a regime-aware strategy (else None), the number
+    of ``candidates`` and, when targeted, the ``neighbourhood`` size it chose among."""
 
     queue: pd.DataFrame
     round: int
     paths: dict[str, Path]
-    strategy: Strategy
+    strategy: Strategy | PhasedStrategy
+    phase: str | None = None
+    candidates: int = 0
+    neighbourhood: int | None = None
+
+    @property
+    def nearly_untargeted(self) -> bool:
+        """Whether the neighbourhood holds most of the candidates (targeting does little)."""
+        return (self.neighbourhood is not None
+                and self.neighbourhood > NEARLY_UNTARGETED * self.candidates)
 
 
 def pool_index(pool, head: ProjectionHead, folder: str | Path, progress: bool = True,
@@ -176,8 +191,13 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         state.queued[sid] = round_index
     state.rounds.append({**asdict(config), "strategy": strategy.name,
                          "targeted": strategy.targeted, "selected": len(queue),
+                         "phase": None if selection.phase is None else str(selection.phase),
                          "round_seed": round_seed,
                          "seconds": round(time.perf_counter() - start, 2),
                          "queue": str(paths["parquet"])})
     state.save()
-    return SelectionResult(queue, round_index, paths, strategy)
+    neighbourhood = (min(int(np.ceil(strategy.neighbourhood * config.budget)), len(candidates))
+                     if strategy.targeted else None)
+    return SelectionResult(queue, round_index, paths, strategy,
+                           None if selection.phase is None else str(selection.phase),
+                           len(candidates), neighbourhood)
