@@ -281,3 +281,26 @@ def test_oracle_skips_items_without_a_dataset_label(tmp_path):
     report = answer_queue(pool, state, 0)
     assert state.labels == {"a": 1, "c": 0} and report.skipped == ["b"]
     assert state.ignored == ["b"] and state.queued == {}
+
+
+def test_realistic_loop_calibrates_the_posterior_on_its_own_labels(pool, tmp_path):
+    """No labelled target val (early stopping on acquired labels); from 10 labels on (2 per
+    fold) the refitted posterior is tempered by the cross-fitted τ, recorded per round."""
+    cfg = config(strategy="entropy", rounds=2, val_split=None)
+    rows = run_loop(pool, cfg, tmp_path / "run", seed=0, progress=False, log=lambda *a: None)
+    assert np.isnan(rows.loc[1, "calibration_tau"])  # 6 labels: too few for 5 folds
+    tau = rows.loc[2, "calibration_tau"]
+    base = BayesVLMPosterior.load(tmp_path / "run" / "posterior_base")
+    post = BayesVLMPosterior.load(tmp_path / "run" / "posterior")
+    assert post.data_description["calibration"]["tau"] == tau
+    assert post.data_description["calibration"]["n_labels"] == 12
+    for side in ("image", "text"):
+        assert getattr(post, side).pseudo_count == pytest.approx(
+            getattr(base, side).pseudo_count / tau)
+    assert (rows.loc[1:, "cv_median"] > 0).all()
+
+    plain = config(strategy="entropy", rounds=2, val_split=None, refit={"calibrate": False})
+    run_loop(pool, plain, tmp_path / "plain", seed=0, progress=False, log=lambda *a: None)
+    post = BayesVLMPosterior.load(tmp_path / "plain" / "posterior")
+    assert "calibration" not in post.data_description
+    assert post.image.pseudo_count == base.image.pseudo_count

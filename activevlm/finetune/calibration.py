@@ -112,7 +112,7 @@ def crossfit_temperature(
     text_act: torch.Tensor,
     residual: torch.Tensor | None = None,
     *,
-    folds: int = 2,
+    folds: int = 5,
     seed: int = 0,
     grid: tuple[float, ...] = TAU_GRID,
 ) -> Calibration:

@@ -72,7 +72,7 @@ class RefitConfig:
     prior_num_samples: int | tuple[int, int] | None = None
     device: str = "auto"
     calibrate: bool = True
-    calibration_folds: int = 2
+    calibration_folds: int = 5
 
     _constraints = {
         "mode": [RefitMode],
