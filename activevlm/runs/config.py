@@ -31,7 +31,7 @@ class SelectConfig:
     """
 
     budget: int = 500
-    strategy: str = "random"  # benchmarks/selection/RESULTS.md: nothing beat it, targeted
+    strategy: str = "auto"  # benchmarks/selection/RESULTS.md (issue 23): random, then bayes-margin
     target_domain: str | None = None
     target_split: str | None = "val"
     targeted: bool | None = None
