@@ -73,7 +73,7 @@ def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True)
 def load_grid_config(config: dict | str | Path) -> dict:
     """The grid config as a dict (from a YAML file if a path), with its keys checked."""
     if not isinstance(config, dict):
-        path = Path(config)
+        path = Path(config).resolve()
         if not path.exists():
             raise FileNotFoundError(f"benchmark config not found: {path}")
         config = read_grid_yaml(path)
@@ -186,7 +186,7 @@ def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = Tru
     ``target`` is the target domain or ``"all"``. The table is rewritten after every cell.
     """
     grid = select_cells(load_grid_config(config), seeds, strategies)
-    out = Path(out)
+    out = Path(out).resolve()  # checks and writes see the same folder
     tables: list[pd.DataFrame] = []
     n_cells = sum(len(ds.get("targets") or [None]) for ds in grid["datasets"]) * \
         len(grid["strategies"]) * len(grid["seeds"])

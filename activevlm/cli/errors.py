@@ -4,6 +4,8 @@ A user error is printed as ``error: <paragraph>`` on stderr with exit status 1 a
 traceback. User errors are every :class:`~activevlm.utils.errors.ActiveVLMError` and the
 ``ValueError`` / ``OSError`` that activevlm's own code raises on purpose (the innermost frame
 of the traceback is in the package). Anything else is a bug and keeps its traceback.
+Every path argument is resolved (``Path.resolve()``: ``..``, symlinks, the working folder)
+before the command sees it, so its checks and its writes name the same file.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import typer
 
 import activevlm
-from activevlm.utils.errors import ActiveVLMError
+from activevlm.utils.errors import ActiveVLMError, ConfigError
 
 EXIT_USER_ERROR = 1
 _PACKAGE = Path(activevlm.__file__).resolve().parent
@@ -38,12 +40,23 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, ValueError | OSError) and raised_by_activevlm(err)
 
 
+def _resolve(name: str, path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic-link loop
+        raise ConfigError(f"{name.replace('_', '-')} {path}: the path cannot be resolved "
+                          "(a symbolic-link loop?)") from e
+
+
 def user_errors(command: Callable) -> Callable:
-    """Wrap a Typer command: user errors -> one paragraph on stderr and exit status 1."""
+    """Wrap a Typer command: path arguments resolved; user errors -> one paragraph on stderr
+    and exit status 1."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
+            kwargs = {k: _resolve(k, v) if isinstance(v, Path) else v
+                      for k, v in kwargs.items()}
             return command(*args, **kwargs)
         except Exception as e:
             if not is_user_error(e):

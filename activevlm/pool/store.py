@@ -174,7 +174,7 @@ def open_pool(path: str | Path, model_id: str | None = None, *,
     reads every activation once (chunked) and refuses a pool with a NaN or inf value, naming
     the rows, so that nothing is ever scored or fitted on them.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # checks and reads see the same folder
     manifest = read_manifest(path)
     mfile = path / layout.MANIFEST
     status = _field(manifest, mfile, "status")

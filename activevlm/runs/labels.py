@@ -194,7 +194,7 @@ def _read_json(path: Path) -> list[Annotation]:
 
 def read_annotations(path: str | Path) -> list[Annotation]:
     """Every annotation in a ``.csv`` or ``.json`` label file, unresolved."""
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_file():
         raise LabelFileError(f"label file not found: {path}")
     if path.suffix.lower() == ".csv":

@@ -32,12 +32,13 @@ POSTERIOR_META = "posterior.json"
 
 @dataclass(frozen=True)
 class RunDir:
-    """The files of the run at ``path`` (nothing is created until written)."""
+    """The files of the run at ``path``, resolved (``..``, symlinks) so that every check and
+    write sees the same folder; nothing is created until written."""
 
     path: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", Path(self.path).resolve())
 
     @property
     def state(self) -> Path:

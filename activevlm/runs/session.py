@@ -71,13 +71,13 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
         pool_obj = open_pool(pool)
         name = Path(pool).resolve().name
     target_pool = None
-    if target is not None and (Path(target) / "manifest.json").exists():
+    if target is not None and (Path(target).resolve() / "manifest.json").exists():
         target_pool = open_pool(target, model_id=pool_obj.model_id)
         config = replace(config, target_domain=None, target_split=None)
     elif target is not None:
         config = replace(config, target_domain=target)
     spec = STRATEGIES[config.resolve(has_target=target is not None)[0]]
-    run_dir = RunDir(Path(run) if run is not None else Path("runs") / name)
+    run_dir = RunDir(Path(run) if run is not None else Path("runs") / name)  # resolved
     # checked before any posterior is fitted or any file is written
     check_target(pool_obj, target)
     check_split(pool_obj, config.pool_split, "--pool-split")
