@@ -140,3 +140,58 @@ def test_json_is_strict_nan_and_inf_become_null(tmp_path):
     atomic_write_json(tmp_path / "x.json", obj)
     assert "NaN" not in (tmp_path / "x.json").read_text()
     shutil.rmtree(tmp_path / "x.json", ignore_errors=True)
+
+
+def fail_at(n: int, code: int = errno.ENOSPC):
+    """An fsync that fails on its ``n``-th call (the ``n``-th file written)."""
+    real, calls = io._flush, []
+
+    def flush(tmp):
+        calls.append(tmp)
+        if len(calls) == n:
+            raise OSError(code, "injected")
+        real(tmp)
+    return flush
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from tests.toy import toy_pool
+
+    return toy_pool(tmp_path_factory.mktemp("toy"), domains=("photo", "sketch"), per=5)
+
+
+# a round writes queue.parquet, queue.csv, queue.labelstudio.json, labelstudio_config.xml,
+# scores.parquet, then state.json: a full disk at any of them leaves the run as it was
+@pytest.mark.parametrize("n", range(1, 7))
+def test_select_on_a_full_disk_leaves_no_round_behind(toy, tmp_path, monkeypatch, n):
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    config = SelectConfig(budget=3, strategy="entropy")
+    select_round(toy, state, config, progress=False)
+    state.queued.clear()  # round 0's items labelled elsewhere: round 1 may be selected
+    state.save()
+    before = tree_digest(tmp_path / "run")
+    monkeypatch.setattr(io, "_flush", fail_at(n))
+    with pytest.raises(StorageError, match="disk is full"):
+        select_round(toy, state, config, progress=False)
+    assert tree_digest(tmp_path / "run") == before
+    assert state.round == 1 and not state.queued  # the object is as it was too
+    monkeypatch.undo()
+    assert select_round(toy, state, config, progress=False).round == 1  # and can go on
+
+
+def test_select_deletes_the_staged_round_a_killed_select_left(toy, tmp_path):
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    left = tmp_path / "run" / ".round_000.dead0000.stage"
+    left.mkdir()
+    (left / "queue.parquet").write_bytes(b"half")
+    select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["round_000", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "run" / "round_000").iterdir()) == [
+        "labelstudio_config.xml", "queue.csv", "queue.labelstudio.json", "queue.parquet",
+        "scores.parquet"]
+

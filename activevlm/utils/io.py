@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file, a crash never loses the old one.
 
 Files are written to a temporary sibling and renamed into place; folders (a posterior) are
-written to a staging sibling and swapped in (:func:`atomic_replace_dir`), and
+written to a staging sibling and swapped in (:func:`atomic_replace_dir`) or, when files
+are added to a folder (a selection round), moved in (:func:`staged_dir`), and
 :func:`recover_dir` completes or rolls back a swap that a kill interrupted. A write that the
 file system refuses (full disk, read-only or forbidden directory) raises
 :class:`~activevlm.utils.errors.StorageError` naming the file, with the old file untouched.
@@ -118,6 +119,33 @@ def atomic_replace_dir(folder: str | Path, write: Callable[[Path], None]) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error(folder, e) from e
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(folder: str | Path) -> Iterator[Path]:
+    """Yield a fresh staging folder next to ``folder`` to write into; when the block succeeds
+    it is published by renames only: renamed to ``folder`` when that is missing, else each
+    staged file replaces its namesake in ``folder`` (other files there stay). When the block
+    fails, the staging folder is deleted and ``folder`` is as it was. Staging folders a kill
+    left (``.<name>.<id>.stage``) are deleted first: the caller holds the writer lock."""
+    folder = Path(folder)
+    for left in folder.parent.glob(f".{folder.name}.*.stage"):
+        shutil.rmtree(left, ignore_errors=True)
+    stage = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.stage")
+    try:
+        stage.mkdir(parents=True)
+        yield stage
+        if folder.exists():
+            for p in sorted(stage.iterdir()):
+                os.replace(p, folder / p.name)
+        else:
+            stage.rename(folder)
+    except StorageError:
+        raise
+    except OSError as e:
+        raise storage_error(folder, e) from e
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def recover_dir(folder: str | Path, complete: Callable[[Path], bool] | None = None, *,
