@@ -195,3 +195,37 @@ def test_select_deletes_the_staged_round_a_killed_select_left(toy, tmp_path):
         "labelstudio_config.xml", "queue.csv", "queue.labelstudio.json", "queue.parquet",
         "scores.parquet"]
 
+
+def safetensors_full_disk(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                          'message: "No space left on device" })')
+
+
+@pytest.mark.parametrize("module", ["activevlm.models.head", "activevlm.bayes.posterior"])
+def test_finetune_on_a_full_disk_is_one_paragraph_and_changes_nothing(toy, tmp_path,
+                                                                      monkeypatch, module):
+    """safetensors reports a full disk as its own SafetensorError: it is a StorageError
+    naming the file, and neither the head nor the posterior of the run changes (the head
+    is renamed into place only once the posterior is)."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from activevlm.cli.main import app
+    from activevlm.runs.rundir import RunDir, base_posterior
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    items = toy.items.iloc[:30]
+    state.labels = {s: int(y) for s, y in zip(items["sample_id"], items["label"], strict=True)}
+    state.save()
+    base_posterior(RunDir(state.path), toy, progress=False, log=lambda *a: None)
+    before = tree_digest(tmp_path)
+    monkeypatch.setattr(importlib.import_module(module), "save_file", safetensors_full_disk)
+    res = CliRunner().invoke(app, ["finetune", "--run", str(state.path), "--epochs", "2",
+                                   "--device", "cpu", "--no-progress"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), out
+    assert "disk is full" in out and "SafetensorError" not in out, out
+    assert tree_digest(tmp_path) == before

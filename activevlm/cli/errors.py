@@ -4,6 +4,8 @@ A user error is printed as ``error: <paragraph>`` on stderr with exit status 1 a
 traceback. User errors are every :class:`~activevlm.utils.errors.ActiveVLMError` and the
 ``ValueError`` / ``OSError`` that activevlm's own code raises on purpose (the innermost frame
 of the traceback is in the package). Anything else is a bug and keeps its traceback.
+With ``--debug`` (or ``ACTIVEVLM_DEBUG=1``) the messages of the library errors behind it
+follow the paragraph, one ``debug:`` line each; the paragraph itself never quotes them.
 Every path argument is resolved (``Path.resolve()``: ``..``, symlinks, the working folder)
 before the command sees it, so its checks and its writes name the same file.
 """
@@ -11,6 +13,7 @@ before the command sees it, so its checks and its writes name the same file.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import activevlm
 from activevlm.utils.errors import ActiveVLMError, ConfigError
 
 EXIT_USER_ERROR = 1
+DEBUG_ENV = "ACTIVEVLM_DEBUG"
 _PACKAGE = Path(activevlm.__file__).resolve().parent
 
 
@@ -63,6 +67,11 @@ def user_errors(command: Callable) -> Callable:
                 raise
             message = " ".join(str(e).split()) or type(e).__name__
             typer.echo(f"error: {message}", err=True)
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                cause = e.__cause__ or e.__context__
+                while cause is not None:
+                    typer.echo(f"debug: {type(cause).__name__}: {cause}", err=True)
+                    cause = cause.__cause__ or cause.__context__
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return run

@@ -60,7 +60,8 @@ def _metric_rows(out_dir: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from e
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON (column {e.colno}); "
+                                 "it was not written by activevlm loop") from e
     return rows
 
 

@@ -64,7 +64,7 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
     ``val_rows``: pool rows whose dataset labels form the validation set (early stopping);
     None holds out ``finetune.val_fraction`` of the run's labels. Writes ``run/head.*`` and,
     when ``base`` is given, ``run/posterior/`` (the refit of ``base``; mode "none" keeps
-    ``base``). Deterministic for a given set of labels and config.
+    ``base``), both or neither. Deterministic for a given set of labels and config.
     """
     start = time.perf_counter()
     rows, labels = labelled_rows(pool, state)
@@ -83,10 +83,13 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
         val = (v_act, torch.from_numpy(v_labels), v_res)
     result = finetune_head(pool.head, act, torch.from_numpy(labels), pool.text_activations,
                            residual=res, val=val, config=finetune, progress=progress)
-    result.head.save(state.dir.head)
     post = None
     if base is not None:
         post = refit(base, result.head, act, torch.from_numpy(pool.text_activations),
                      image_residual=res, config=refit_config, progress=progress)
-        save_posterior(post, state.dir.posterior)
+    # the head's files are renamed into place only once the posterior is: a failed write
+    # (full disk) leaves the old head with the old posterior
+    with result.head.saving(state.dir.head):
+        if post is not None:
+            save_posterior(post, state.dir.posterior)
     return AdaptResult(result.head, post, result, len(rows), time.perf_counter() - start)

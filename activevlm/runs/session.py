@@ -103,12 +103,12 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
         link_pool(state, pool_obj)  # an existing run re-pointed with --pool
         if state.queued and not allow_pending:
             raise PendingItemsError(state)
+        head = run_dir.load_head(pool_obj)  # checked against the pool before any fit
         post = None
         if spec.bayesian:
             post = (load_posterior(posterior, pool_obj) if posterior is not None else
                     run_posterior(run_dir, pool_obj, fit_domains=default_fit_domains(pool_obj),
                                   split=config.pool_split, progress=progress, log=log))
-        head = run_dir.load_head(pool_obj)
         if head is not pool_obj.head:
             log(f"scoring with the run's fine-tuned head {run_dir.head}.json")
         result = select_round(pool_obj, state, config, posterior=post, head=head,

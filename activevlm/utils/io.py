@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -40,9 +41,21 @@ _HINTS = {
 
 def storage_error(path: Path, err: OSError, action: str = "write") -> StorageError:
     """One paragraph for an OSError met while writing ``path``; the old file is unchanged."""
-    why = _HINTS.get(err.errno, err.strerror or str(err))
-    return StorageError(f"cannot {action} {path}: {why} ({type(err).__name__}: {err}); "
-                        "nothing was replaced, the existing files are as they were")
+    why = _HINTS.get(err.errno, (err.strerror or "the file system refused it").lower())
+    return StorageError(f"cannot {action} {path}: {why}; nothing was replaced, the existing "
+                        "files are as they were")
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """``err`` as an ``OSError`` when it is one or a library's wrapping of one (safetensors
+    reports a full disk as ``SafetensorError: ... Os { code: 28, ... }``), else None."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"\bOs \{ code: (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def _flush(tmp: Path) -> None:
@@ -76,8 +89,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         except StorageError:
             raise
-        except OSError as e:
-            raise storage_error(path, e) from e
+        except Exception as e:
+            if (os_err := os_error_of(e)) is None:
+                raise
+            raise storage_error(path, os_err) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -115,9 +130,11 @@ def atomic_replace_dir(folder: str | Path, write: Callable[[Path], None]) -> Non
     except StorageError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise storage_error(folder, e) from e
+        if (os_err := os_error_of(e)) is None:
+            raise
+        raise storage_error(folder, os_err) from e
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -188,8 +205,14 @@ def read_json(path: str | Path):
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg.lower()} at line {e.lineno}, "
+                         f"column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: not UTF-8 text (byte {e.start})") from e
+    except RecursionError as e:  # json nests one Python frame per level
+        raise ValueError(f"{path} is not usable JSON: its lists or objects are nested too "
+                         "deeply (thousands of levels)") from e
 
 
 def finite_or_null(obj):
