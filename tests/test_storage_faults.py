@@ -182,6 +182,26 @@ def test_select_on_a_full_disk_leaves_no_round_behind(toy, tmp_path, monkeypatch
     assert select_round(toy, state, config, progress=False).round == 1  # and can go on
 
 
+@pytest.mark.parametrize("n", [1, 6])  # the first round file, state.json
+def test_a_failed_select_keeps_the_loops_failure_file_and_nothing_else(toy, tmp_path,
+                                                                       monkeypatch, n):
+    """The loop writes round_NNN/failure.json before it selects: the round's files are
+    moved in beside it, and a failed select takes out only its own files again."""
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    atomic_write_json(state.dir.failure(0), {"source": "msp"})
+    before = tree_digest(tmp_path / "run")
+    monkeypatch.setattr(io, "_flush", fail_at(n))
+    with pytest.raises(StorageError, match="disk is full"):
+        select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert tree_digest(tmp_path / "run") == before
+    monkeypatch.undo()
+    select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert json.loads(state.dir.failure(0).read_text()) == {"source": "msp"}
+    assert (state.dir.queue(0)).is_file() and state.round == 1
+
+
 def test_select_deletes_the_staged_round_a_killed_select_left(toy, tmp_path):
     from activevlm.runs.select import SelectConfig, select_round
 

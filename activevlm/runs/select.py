@@ -191,5 +191,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         state.queued, state.rounds = queued, rounds
         if new_folder:
             shutil.rmtree(folder, ignore_errors=True)
+        else:  # the loop's failure.json stays
+            for path in paths.values():
+                path.unlink(missing_ok=True)
         raise
     return SelectionResult(queue, round_index, paths, strategy)
