@@ -228,6 +228,15 @@ CASES = [
     ("csv-binary", lambda e: (_imp(e, e.write("l.csv", b"\xff\xfe\x00\x81garbage")),
                               ["l.csv"])),
     ("label-file-txt", lambda e: (_imp(e, e.write("l.txt", "x")), ["l.txt", ".txt"])),
+    ("label-file-directory", lambda e: (_imp(e, e.tmp), [str(e.tmp)])),
+    ("csv-semicolons", lambda e: (_imp(e, e.write("l.csv", f"sample_id;label\n{e.queued};cat\n")),
+                                  ["l.csv", "sample_id,label"])),
+    ("csv-skipped-and-label", lambda e: (_imp(e, e.write("l.csv", "sample_id,label,skipped\n"
+                                                        f"{e.queued},cat,yes\n")),
+                                         ["l.csv", e.queued, "skipped"])),
+    ("jsonmin-label-bool", lambda e: (_imp(e, e.ls_export([{"sample_id": e.queued,
+                                                            "label": True}])),
+                                      ["export.json", "record #0", "true"])),
     ("label-file-missing", lambda e: (_imp(e, e.tmp / "missing.csv"), ["missing.csv"])),
     ("ls-invalid-json", lambda e: (_imp(e, e.write("export.json", "[{")), ["export.json"])),
     ("ls-top-level-object", lambda e: (_imp(e, e.ls_export({"tasks": []})),
@@ -364,6 +373,15 @@ CASES = [
     ("pool-text-garbage", lambda e: last(
         (e.own_pool() / "text_act.npy").write_bytes(b"\x93NUMPY"),
         (_imp(e, e.origin / "labels.csv"), ["text_act.npy"]))),
+    ("pool-counts-items-wrong", lambda e: last(
+        manifest_field(e, lambda m: m["counts"].update(items=7)),
+        (_imp(e, e.origin / "labels.csv"), ["manifest.json", "counts.items", "7"]))),
+    ("pool-dims-text", lambda e: last(
+        manifest_field(e, lambda m: m["dims"].update(image_act="wide")),
+        (_imp(e, e.origin / "labels.csv"), ["manifest.json", "dims.image_act", "'wide'"]))),
+    ("pool-classnames-missing", lambda e: last(
+        manifest_field(e, lambda m: m.pop("classnames")),
+        (_imp(e, e.origin / "labels.csv"), ["manifest.json", "classnames"]))),
     ("pool-not-found", lambda e: (["select", "--pool", str(e.tmp / "nopool"), "--run",
                                    str(e.tmp / "newrun"), "--no-progress"], ["nopool"])),
     # options: refused before any fitting or writing (no run directory appears)
@@ -376,6 +394,34 @@ CASES = [
     ("loop-seeds-text", lambda e: (e.loop("--seeds", "a"), ["--seeds", "'a'"])),
     ("loop-target-typo", lambda e: (e.loop("--target", "moon"), ["moon"])),
     ("loop-strategy-typo", lambda e: (e.loop("--strategy", "nope"), ["nope"])),
+    ("select-budget-zero", lambda e: (e.select("--budget", "0"), ["budget", "0"])),
+    ("select-draws-zero", lambda e: (e.select("--draws", "0", "--strategy", "bald"),
+                                     ["draws", "0"])),
+    ("select-n-targets-zero", lambda e: (e.select("--n-targets", "0", "--strategy", "epig",
+                                                  "--target", "sketch"), ["targets", "0"])),
+    ("select-beta-negative", lambda e: (e.select("--beta", "-1", "--batch", "stochastic"),
+                                        ["beta", "-1"])),
+    ("select-weighting-typo", lambda e: (e.select("--weighting", "sofmax"), ["sofmax"])),
+    ("select-vilu-without-model", lambda e: (e.select("--strategy", "vilu"),
+                                             ["--vilu-model"])),
+    ("select-vilu-model-missing", lambda e: (e.select("--strategy", "vilu", "--vilu-model",
+                                                      str(e.tmp / "novilu")), ["novilu"])),
+    ("select-labelstudio-root-inside", lambda e: (e.select("--labelstudio-root",
+                                                           str(e.tmp / "elsewhere")),
+                                                  ["elsewhere", "document root"])),
+    ("loop-rounds-negative", lambda e: (e.loop("--rounds", "-1"), ["rounds", "-1"])),
+    ("loop-refit-typo", lambda e: (e.loop("--refit", "recenter"), ["recenter"])),
+    ("loop-budget-zero", lambda e: (e.loop("--budget", "0"), ["budget", "0"])),
+    ("finetune-epochs-zero", lambda e: (["finetune", "--run", str(e.run), "--epochs", "0",
+                                         "--no-progress"], ["max_epochs", "0"])),
+    ("finetune-lr-negative", lambda e: (["finetune", "--run", str(e.run), "--lr", "-1",
+                                         "--no-progress"], ["lr", "-1"])),
+    ("finetune-refit-typo", lambda e: (["finetune", "--run", str(e.run), "--refit", "both",
+                                        "--no-progress"], ["both"])),
+    ("finetune-val-domain-typo", lambda e: (["finetune", "--run", str(e.run), "--val-domain",
+                                             "moon", "--no-progress"], ["moon"])),
+    ("finetune-device-cuda-index", lambda e: (["finetune", "--run", str(e.run), "--device",
+                                               "cuda:7", "--no-progress"], ["cuda:7"])),
     # benchmark configs
     ("bench-yaml-syntax", lambda e: (["bench", str(e.write("b.yaml", "seeds: [0\nx: :")),
                                       "--out", str(e.tmp / "out")], ["b.yaml", "line"])),
@@ -469,7 +515,7 @@ def test_bad_input_is_one_clear_paragraph_and_changes_nothing(world, tmp_path, n
 
 
 def test_corpus_is_large_enough():
-    assert len(CASES) >= 80
+    assert len(CASES) >= 100
 
 
 def test_debug_adds_the_library_message_after_the_paragraph(world, tmp_path):

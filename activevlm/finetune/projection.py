@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from activevlm.finetune.split import stratified_split
 from activevlm.models.head import ProjectionHead
 from activevlm.utils.constraints import Interval, check_constraints
-from activevlm.utils.device import parse_device, resolve_device
+from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_numpy, to_tensor
 from activevlm.utils.training import EarlyStopping, train_epochs
 from activevlm.utils.validation import (
@@ -104,7 +104,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_constraints(self)
         if self.device != "auto":
-            parse_device(self.device, "device")  # a typo fails before any work
+            resolve_device(self.device)  # a typo or a missing GPU fails before any work
 
 
 @dataclass

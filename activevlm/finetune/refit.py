@@ -38,7 +38,7 @@ from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
 from activevlm.models.head import ProjectionHead, stack_bias
 from activevlm.utils.constraints import Interval, check_constraints
-from activevlm.utils.device import parse_device
+from activevlm.utils.device import resolve_device
 
 
 class RefitMode(StrEnum):
@@ -81,7 +81,7 @@ class RefitConfig:
     def __post_init__(self) -> None:
         check_constraints(self)
         if self.device != "auto":
-            parse_device(self.device, "device")  # a typo fails before any work
+            resolve_device(self.device)  # a typo or a missing GPU fails before any work
 
 
 def combine_factor(

@@ -187,6 +187,11 @@ def open_pool(path: str | Path, model_id: str | None = None, *,
                         f"expected {model_id!r}")
     dims = {k: _field(manifest, mfile, "dims", k) for k in ("image_act", "text_act", "embed")}
     dims["residual"] = _field(manifest, mfile, "dims", "residual")
+    for key, value in dims.items():
+        if (value is not None or key != "residual") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PoolError(f"{mfile}: field 'dims.{key}' is {value!r:.60}, expected a whole "
+                            "number > 0" + (" or null" if key == "residual" else ""))
     dtype = _field(manifest, mfile, "dtype")
     if dtype != layout.DTYPE:
         raise PoolError(f"{mfile}: field 'dtype' is {dtype!r}, expected {layout.DTYPE!r}")

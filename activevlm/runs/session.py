@@ -14,7 +14,12 @@ from activevlm.acquisition import STRATEGIES
 from activevlm.demo.pool import demo_pool
 from activevlm.demo.world import SOURCE_DOMAINS
 from activevlm.pool import open_pool
-from activevlm.runs.checks import check_posterior, check_split, check_target
+from activevlm.runs.checks import (
+    check_document_root,
+    check_posterior,
+    check_split,
+    check_target,
+)
 from activevlm.runs.config import SelectConfig
 from activevlm.runs.lock import run_lock
 from activevlm.runs.pool_link import link_pool
@@ -87,6 +92,7 @@ def run_select(config: SelectConfig, *, pool: str | Path | None = None,
     if target_pool is None:
         check_split(pool_obj, config.target_split, "--target-split")
     check_posterior(posterior, pool_obj)
+    check_document_root(pool_obj, labelstudio.document_root)
     failure_prob = None
     if spec.failure is not None:  # the pool's, not the run's: computed outside the lock
         if vilu_model is None:
