@@ -158,3 +158,23 @@ def test_a_symlink_loop_is_one_clear_error(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert str(tmp_path / "a") in " ".join(res.output.split()), res.output
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == '["a", "b"]'
+
+
+def test_a_run_held_under_one_name_is_locked_under_its_symlinked_name(tmp_path):
+    """The lock is the resolved folder's: a writer that names the run through a symlink
+    (or ``x/..``) waits for, and after its wait is refused by, the holder of the real name."""
+    from activevlm.runs.errors import RunLockedError
+    from activevlm.runs.lock import run_lock
+    from tests.procs import gate, open_gate
+
+    (tmp_path / "real" / "run").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    holder = gate(tmp_path / "real" / "run")
+    try:
+        for name in (tmp_path / "link" / "run", through_missing(tmp_path, "real/run")):
+            with pytest.raises(RunLockedError, match=f"pid {holder.pid}"), \
+                    run_lock(name, wait=0.3):
+                pass
+        assert not (tmp_path / "x").exists()
+    finally:
+        open_gate(holder)
