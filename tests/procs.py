@@ -61,12 +61,16 @@ def read_until(proc: subprocess.Popen, text: str, timeout: float = 600) -> str:
     raise AssertionError(f"no {text!r} within {timeout} s:\n" + "".join(lines))
 
 
-def gate(run: Path) -> subprocess.Popen:
-    """A process that holds ``run``'s lock until a line is written to its stdin."""
+def gate(run: Path, then: list[str] | None = None) -> subprocess.Popen:
+    """A process that holds ``run``'s lock until a line is written to its stdin; with
+    ``then``, it runs ``activevlm THEN`` before it lets go (a writer finishing while others
+    wait)."""
+    command = f"app({then!r}, standalone_mode=False)" if then else "pass"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom activevlm.runs.lock import run_lock\n"
+         "from activevlm.cli.main import app\n"
          f"with run_lock({str(run)!r}, command='gate'):\n"
-         "    print('held', flush=True)\n    sys.stdin.readline()"],
+         f"    print('held', flush=True)\n    sys.stdin.readline()\n    {command}"],
         env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc

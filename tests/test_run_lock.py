@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -163,6 +164,53 @@ def test_two_selects_on_one_run_make_two_rounds(pool, tmp_path):
               for r in (0, 1))
     assert state.round == 2 and len(q0) == len(q1) == 8 and not q0 & q1
     assert set(state.queued) == q0 | q1  # both announced queues are in the run
+
+
+def test_two_selects_without_force_write_one_round_and_the_second_refuses(pool, tmp_path):
+    """C1: both have started before either holds the lock; the pending-items check runs
+    under the lock, so the second sees the first's round and refuses it by name."""
+    run = tmp_path / "run"
+    new_run(pool, run)
+    args = ["select", "--pool", str(pool.path), "--run", str(run), "--strategy", "entropy",
+            "--budget", "8", "--no-progress"]
+    results = sorted(at_once(run, [args, args]))
+    assert [code for code, _ in results] == [0, 1], results
+    refused = " ".join(results[1][1].split())
+    assert "8 item(s) queued in round(s) 0 still await labels" in refused, refused
+    assert "--force" in refused and "Traceback" not in refused
+    state = RunState.load(run)
+    assert state.round == 1 and len(state.queued) == 8
+    assert sorted(p.name for p in run.iterdir()) == ["round_000", "state.json"]
+
+
+def test_select_waiting_while_finetune_writes_scores_with_the_new_head(pool, tmp_path):
+    """C2: a select that started before ``finetune`` wrote a new head and posterior scores
+    with them once it holds the lock: its round is the round of a select run afterwards."""
+    from activevlm.runs.rundir import RunDir, base_posterior
+
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    state = new_run(pool, run)
+    items = pool.items.iloc[:40]
+    state.labels = {s: int(y) for s, y in zip(items["sample_id"], items["label"], strict=True)}
+    state.save()
+    base_posterior(RunDir(run), pool, progress=False, log=lambda *a: None)
+    shutil.copytree(run, ref)
+    finetune = ["finetune", "--epochs", "3", "--device", "cpu", "--no-progress"]
+    select = ["select", "--pool", str(pool.path), "--strategy", "bald", "--budget", "6",
+              "--draws", "8", "--no-progress"]
+    holder = gate(run, then=[*finetune, "--run", str(run)])
+    waiting = start_cli([*select, "--run", str(run)], **WAIT)
+    out = read_until(waiting, "waiting up to")
+    open_gate(holder)  # finetune runs inside the hold, then lets go
+    assert waiting.wait(timeout=600) == 0
+    out = " ".join((out + waiting.stdout.read()).split())
+    assert "scoring with the run's fine-tuned head" in out, out
+    for args in (finetune, select):  # the same two commands one after the other
+        code, ref_out = run_cli([*args, "--run", str(ref)])
+        assert code == 0, ref_out
+    for name in ("head.safetensors", "posterior/posterior.safetensors",
+                 "round_000/queue.parquet", "round_000/scores.parquet"):
+        assert (run / name).read_bytes() == (ref / name).read_bytes(), name
 
 
 def test_empty_lock_file_cannot_be_left_and_temp_files_of_a_killed_writer_go(tmp_path):

@@ -140,3 +140,112 @@ def test_json_is_strict_nan_and_inf_become_null(tmp_path):
     atomic_write_json(tmp_path / "x.json", obj)
     assert "NaN" not in (tmp_path / "x.json").read_text()
     shutil.rmtree(tmp_path / "x.json", ignore_errors=True)
+
+
+def fail_at(n: int, code: int = errno.ENOSPC):
+    """An fsync that fails on its ``n``-th call (the ``n``-th file written)."""
+    real, calls = io._flush, []
+
+    def flush(tmp):
+        calls.append(tmp)
+        if len(calls) == n:
+            raise OSError(code, "injected")
+        real(tmp)
+    return flush
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from tests.toy import toy_pool
+
+    return toy_pool(tmp_path_factory.mktemp("toy"), domains=("photo", "sketch"), per=5)
+
+
+# a round writes queue.parquet, queue.csv, queue.labelstudio.json, labelstudio_config.xml,
+# scores.parquet, then state.json: a full disk at any of them leaves the run as it was
+@pytest.mark.parametrize("n", range(1, 7))
+def test_select_on_a_full_disk_leaves_no_round_behind(toy, tmp_path, monkeypatch, n):
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    config = SelectConfig(budget=3, strategy="entropy")
+    select_round(toy, state, config, progress=False)
+    state.queued.clear()  # round 0's items labelled elsewhere: round 1 may be selected
+    state.save()
+    before = tree_digest(tmp_path / "run")
+    monkeypatch.setattr(io, "_flush", fail_at(n))
+    with pytest.raises(StorageError, match="disk is full"):
+        select_round(toy, state, config, progress=False)
+    assert tree_digest(tmp_path / "run") == before
+    assert state.round == 1 and not state.queued  # the object is as it was too
+    monkeypatch.undo()
+    assert select_round(toy, state, config, progress=False).round == 1  # and can go on
+
+
+@pytest.mark.parametrize("n", [1, 6])  # the first round file, state.json
+def test_a_failed_select_keeps_the_loops_failure_file_and_nothing_else(toy, tmp_path,
+                                                                       monkeypatch, n):
+    """The loop writes round_NNN/failure.json before it selects: the round's files are
+    moved in beside it, and a failed select takes out only its own files again."""
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    atomic_write_json(state.dir.failure(0), {"source": "msp"})
+    before = tree_digest(tmp_path / "run")
+    monkeypatch.setattr(io, "_flush", fail_at(n))
+    with pytest.raises(StorageError, match="disk is full"):
+        select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert tree_digest(tmp_path / "run") == before
+    monkeypatch.undo()
+    select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert json.loads(state.dir.failure(0).read_text()) == {"source": "msp"}
+    assert (state.dir.queue(0)).is_file() and state.round == 1
+
+
+def test_select_deletes_the_staged_round_a_killed_select_left(toy, tmp_path):
+    from activevlm.runs.select import SelectConfig, select_round
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    left = tmp_path / "run" / ".round_000.dead0000.stage"
+    left.mkdir()
+    (left / "queue.parquet").write_bytes(b"half")
+    select_round(toy, state, SelectConfig(budget=3, strategy="random"), progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["round_000", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "run" / "round_000").iterdir()) == [
+        "labelstudio_config.xml", "queue.csv", "queue.labelstudio.json", "queue.parquet",
+        "scores.parquet"]
+
+
+def safetensors_full_disk(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                          'message: "No space left on device" })')
+
+
+@pytest.mark.parametrize("module", ["activevlm.models.head", "activevlm.bayes.posterior"])
+def test_finetune_on_a_full_disk_is_one_paragraph_and_changes_nothing(toy, tmp_path,
+                                                                      monkeypatch, module):
+    """safetensors reports a full disk as its own SafetensorError: it is a StorageError
+    naming the file, and neither the head nor the posterior of the run changes (the head
+    is renamed into place only once the posterior is)."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from activevlm.cli.main import app
+    from activevlm.runs.rundir import RunDir, base_posterior
+
+    state = RunState.create(tmp_path / "run", str(toy.path), toy.model_id, toy.classnames)
+    items = toy.items.iloc[:30]
+    state.labels = {s: int(y) for s, y in zip(items["sample_id"], items["label"], strict=True)}
+    state.save()
+    base_posterior(RunDir(state.path), toy, progress=False, log=lambda *a: None)
+    before = tree_digest(tmp_path)
+    monkeypatch.setattr(importlib.import_module(module), "save_file", safetensors_full_disk)
+    res = CliRunner().invoke(app, ["finetune", "--run", str(state.path), "--epochs", "2",
+                                   "--device", "cpu", "--no-progress"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), out
+    assert "disk is full" in out and "SafetensorError" not in out, out
+    assert tree_digest(tmp_path) == before

@@ -71,12 +71,26 @@ def resolve_pool(spec: str, per_class: int | None = None, progress: bool = True)
 
 
 def load_grid_config(config: dict | str | Path) -> dict:
-    """The grid config as a dict (from a YAML file if a path), with its keys checked."""
-    if not isinstance(config, dict):
-        path = Path(config)
-        if not path.exists():
-            raise FileNotFoundError(f"benchmark config not found: {path}")
-        config = read_grid_yaml(path)
+    """The grid config as a dict (from a YAML file if a path), with its keys checked; an
+    error in a file's values names the file."""
+    if isinstance(config, dict):
+        return check_grid_config(config)
+    path = Path(config).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"benchmark config not found: {path}")
+    try:
+        return check_grid_config(read_grid_yaml(path))
+    except ValueError as e:
+        message = str(e)
+        if not message.startswith(f"benchmark config {path}"):
+            message = (message.replace("benchmark config:", f"benchmark config {path}:", 1)
+                       if message.startswith("benchmark config:")
+                       else f"benchmark config {path}: {message}")
+        raise ConfigError(message) from e
+
+
+def check_grid_config(config: dict) -> dict:
+    """``config`` after checking its keys and values (see :func:`load_grid_config`)."""
     unknown = sorted(set(config) - GRID_KEYS)
     if unknown:
         raise ValueError(f"benchmark config: unknown key(s) {unknown}; known: "
@@ -94,6 +108,17 @@ def load_grid_config(config: dict | str | Path) -> dict:
                              f"have {sorted(DATASET_KEYS)}; unknown: {bad}")
     check_grid_values(config)
     names = [variant_of(s)[0] for s in config["strategies"]]  # fails early on a typo
+    for i, ds in enumerate(config["datasets"]):  # the loop options of every dataset
+        for where, value in (("loop", config.get("loop")), (f"datasets[{i}].loop",
+                                                             ds.get("loop"))):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"benchmark config: {where!r} is {value!r:.60}, expected a "
+                                  "mapping of loop options")
+        try:
+            LoopConfig.from_dict(deep_merge(config.get("loop") or {}, ds.get("loop")))
+        except ValueError as e:
+            raise ConfigError(f"benchmark config: loop options of datasets[{i}] "
+                              f"({ds['name']!r}): {e}") from e
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"benchmark config: strategy name(s) {repeated} appear more than once")
@@ -186,7 +211,7 @@ def run_grid(config: dict | str | Path, out: str | Path, *, progress: bool = Tru
     ``target`` is the target domain or ``"all"``. The table is rewritten after every cell.
     """
     grid = select_cells(load_grid_config(config), seeds, strategies)
-    out = Path(out)
+    out = Path(out).resolve()  # checks and writes see the same folder
     tables: list[pd.DataFrame] = []
     n_cells = sum(len(ds.get("targets") or [None]) for ds in grid["datasets"]) * \
         len(grid["strategies"]) * len(grid["seeds"])

@@ -131,7 +131,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
         if path.is_file() and path.suffix == ".parquet":
             return pd.read_parquet(path)
     except (OSError, ValueError, KeyError) as e:  # pyarrow and json errors are ValueErrors
-        raise ValueError(f"{path}: cannot read results ({e})") from e
+        raise ValueError(f"{path}: cannot read results: not a results.parquet or a loop's "
+                         "metrics.jsonl (damaged, or written by another program)") from e
     if not path.exists():
         raise FileNotFoundError(f"results not found: {path}")
     raise ValueError(f"{path}: not benchmark or loop results; give results.parquet (activevlm "

@@ -4,20 +4,26 @@ A user error is printed as ``error: <paragraph>`` on stderr with exit status 1 a
 traceback. User errors are every :class:`~activevlm.utils.errors.ActiveVLMError` and the
 ``ValueError`` / ``OSError`` that activevlm's own code raises on purpose (the innermost frame
 of the traceback is in the package). Anything else is a bug and keeps its traceback.
+With ``--debug`` (or ``ACTIVEVLM_DEBUG=1``) the messages of the library errors behind it
+follow the paragraph, one ``debug:`` line each; the paragraph itself never quotes them.
+Every path argument is resolved (``Path.resolve()``: ``..``, symlinks, the working folder)
+before the command sees it, so its checks and its writes name the same file.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 import activevlm
-from activevlm.utils.errors import ActiveVLMError
+from activevlm.utils.errors import ActiveVLMError, ConfigError
 
 EXIT_USER_ERROR = 1
+DEBUG_ENV = "ACTIVEVLM_DEBUG"
 _PACKAGE = Path(activevlm.__file__).resolve().parent
 
 
@@ -38,18 +44,34 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, ValueError | OSError) and raised_by_activevlm(err)
 
 
+def _resolve(name: str, path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic-link loop
+        raise ConfigError(f"{name.replace('_', '-')} {path}: the path cannot be resolved "
+                          "(a symbolic-link loop?)") from e
+
+
 def user_errors(command: Callable) -> Callable:
-    """Wrap a Typer command: user errors -> one paragraph on stderr and exit status 1."""
+    """Wrap a Typer command: path arguments resolved; user errors -> one paragraph on stderr
+    and exit status 1."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
+            kwargs = {k: _resolve(k, v) if isinstance(v, Path) else v
+                      for k, v in kwargs.items()}
             return command(*args, **kwargs)
         except Exception as e:
             if not is_user_error(e):
                 raise
             message = " ".join(str(e).split()) or type(e).__name__
             typer.echo(f"error: {message}", err=True)
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                cause = e.__cause__ or e.__context__
+                while cause is not None:
+                    typer.echo(f"debug: {type(cause).__name__}: {cause}", err=True)
+                    cause = cause.__cause__ or cause.__context__
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return run

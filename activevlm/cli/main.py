@@ -9,6 +9,8 @@ import os
 
 import typer
 
+from activevlm.cli.errors import DEBUG_ENV, guard_commands
+
 # Pretrained tags must never hang on a hub lookup on offline machines; users with a network
 # can still export HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +21,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(
+        False, "--debug", help="After an error, also print the underlying library messages "
+        "(the user paragraph leaves them out).")) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
 
 # --- command registration (one line per module) ---
 from activevlm.cli import embed as _embed  # noqa: E402
@@ -58,8 +69,6 @@ app.command("finetune")(_finetune.finetune)
 app.command("loop")(_loop.loop)
 app.command("bench")(_bench.bench)
 app.command("plot")(_bench.plot)
-
-from activevlm.cli.errors import guard_commands  # noqa: E402
 
 guard_commands(app)  # user errors: one paragraph, exit status 1, no traceback
 

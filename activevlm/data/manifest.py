@@ -27,8 +27,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError as e:
         raise ValueError(f"manifest {path} is empty; expected {EXPECTED}") from e
     except Exception as e:  # pandas/pyarrow parser errors
-        raise ValueError(f"manifest {path} is not a readable table ({type(e).__name__}: "
-                         f"{e})") from e
+        raise ValueError(f"manifest {path} is not a readable table (damaged, or rows with "
+                         f"unbalanced quotes); expected {EXPECTED}") from e
     if "path" not in table.columns:
         raise ValueError(f"manifest {path}: no column 'path' (columns: {list(table.columns)}); "
                          f"expected {EXPECTED}")

@@ -103,6 +103,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_constraints(self)
+        if self.device != "auto":
+            resolve_device(self.device)  # a typo or a missing GPU fails before any work
 
 
 @dataclass

@@ -38,6 +38,7 @@ from activevlm.bayes.kfac import ActivationSource, KFACFactors, estimate_kfac
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
 from activevlm.models.head import ProjectionHead, stack_bias
 from activevlm.utils.constraints import Interval, check_constraints
+from activevlm.utils.device import resolve_device
 
 
 class RefitMode(StrEnum):
@@ -86,6 +87,8 @@ class RefitConfig:
 
     def __post_init__(self) -> None:
         check_constraints(self)
+        if self.device != "auto":
+            resolve_device(self.device)  # a typo or a missing GPU fails before any work
 
 
 def combine_factor(

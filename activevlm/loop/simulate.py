@@ -61,7 +61,8 @@ def _metric_rows(out_dir: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from e
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON (column {e.colno}); "
+                                 "it was not written by activevlm loop") from e
     return rows
 
 
@@ -134,7 +135,7 @@ def run_loop(pool, config: LoopConfig, out_dir: str | Path, seed: int = 0, *,
     ``config.posterior_split``/``posterior_domains`` of the pool.
     ``on_round(row)`` is called after each newly finished round.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # checks and writes see the same folder
     # checked before any posterior is fitted or any file is written
     check_target(pool, config.target_domain)
     for option, split in (("pool_split", config.select.pool_split),

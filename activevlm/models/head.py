@@ -8,7 +8,9 @@ Orientation (documented once, used everywhere): a projection is a matrix ``W`` o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from activevlm.models.links import Link, link_for, link_probs
 from activevlm.utils.errors import ActiveVLMError
-from activevlm.utils.io import atomic_path, atomic_write_json, read_json
+from activevlm.utils.io import atomic_path, dumps_strict, read_json
 
 
 class ModelFileError(ActiveVLMError, ValueError):
@@ -30,8 +32,8 @@ def read_safetensors(path: Path, error: type[ActiveVLMError]) -> dict[str, torch
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own SafetensorError, or OSError
-        raise error(f"{path} is not a readable safetensors file "
-                    f"({type(e).__name__}: {e})") from e
+        raise error(f"{path} is not a readable safetensors file (damaged, truncated or "
+                    "another format)") from e
 
 
 def stack_bias(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -145,6 +147,14 @@ class ProjectionHead:
 
     def save(self, path: str | Path) -> None:
         """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (scalars, metadata)."""
+        with self.saving(path):
+            pass
+
+    @contextlib.contextmanager
+    def saving(self, path: str | Path) -> Iterator[None]:
+        """:meth:`save` in two steps: both files are written to temporaries first, the
+        ``with`` block runs (other writes that must succeed with it), and only then are
+        both renamed into place; a failure anywhere leaves the old files."""
         path = Path(path)
         tensors = {"image_weight": self.image_weight, "text_weight": self.text_weight}
         if self.image_bias is not None:
@@ -152,11 +162,13 @@ class ProjectionHead:
         if self.text_bias is not None:
             tensors["text_bias"] = self.text_bias
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        with atomic_path(path.with_suffix(".safetensors")) as tmp:
-            save_file(tensors, str(tmp))
         meta = {"logit_scale": self.logit_scale, "logit_bias": self.logit_bias,
                 "metadata": self.metadata}
-        atomic_write_json(path.with_suffix(".json"), meta)
+        with atomic_path(path.with_suffix(".json")) as js, \
+                atomic_path(path.with_suffix(".safetensors")) as st:
+            save_file(tensors, str(st))
+            js.write_text(dumps_strict(meta, indent=2, default=str) + "\n")
+            yield
 
     @classmethod
     def load(cls, path: str | Path) -> ProjectionHead:

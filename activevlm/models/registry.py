@@ -15,10 +15,13 @@ from pathlib import Path
 
 import open_clip
 
+from activevlm.utils.errors import ConfigError
 from activevlm.utils.io import read_json
 from activevlm.utils.plugins import load_plugins, plugin_hint
 
 REQUIRED_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+SIZE_FIELDS = ("image_size", "layers", "width", "head_width", "patch_size", "context_length",
+               "vocab_size", "heads")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 _DEFAULT_CHECKPOINTS: dict[str, Callable[[], Path]] = {}
 
@@ -37,7 +40,30 @@ def _read_config(path: Path) -> dict:
             f"model config {path} lacks required field(s) {missing}; an open_clip config needs "
             f"{list(REQUIRED_KEYS)}"
         )
+    _check_types(cfg, path)
     return cfg
+
+
+def _check_types(cfg: dict, path: Path) -> None:
+    """The sizes open_clip reads are whole numbers (``layers``/``image_size`` may be lists
+    of them) and the towers are objects; else a ``ConfigError`` naming field and value."""
+    def whole(value, lists: bool = False) -> bool:
+        if lists and isinstance(value, list):
+            return bool(value) and all(whole(v) for v in value)
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    checks = [("embed_dim", cfg.get("embed_dim"), False)]
+    for tower in ("vision_cfg", "text_cfg"):
+        sub = cfg.get(tower)
+        if not isinstance(sub, dict):
+            raise ConfigError(f"model config {path}: field {tower!r} is {sub!r:.60}, expected "
+                              "an object")
+        checks += [(f"{tower}.{key}", sub[key], key in ("layers", "image_size"))
+                   for key in SIZE_FIELDS if key in sub]
+    for field, value, lists in checks:
+        if not whole(value, lists):
+            raise ConfigError(f"model config {path}: field {field!r} is {value!r:.60}, "
+                              "expected a whole number > 0")
 
 
 def register_model_config(path: str | Path) -> str:

@@ -236,7 +236,7 @@ def _create_pretrained(name: str, tag: str):
         raise PretrainedUnavailableError(
             f"could not get pretrained weights for {name!r} tag {tag!r} "
             f"(HF_HUB_OFFLINE={offline}; offline only files already in the Hugging Face cache "
-            f"can be used, otherwise a network connection is needed): {e}"
+            f"can be used, otherwise a network connection is needed)"
         ) from e
     return model, preprocess
 
@@ -296,7 +296,13 @@ def load_vlm(
             with torch.random.fork_rng(devices=[]), _quiet_open_clip():
                 # open_clip warns "no pretrained weights" here: intended, or loaded just below
                 torch.manual_seed(seed)
-                model, _, preprocess = open_clip.create_model_and_transforms(name)
+                try:
+                    model, _, preprocess = open_clip.create_model_and_transforms(name)
+                except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+                    raise ModelFileError(
+                        f"model {name!r}: open_clip cannot build a model from its config; "
+                        "check its fields' types and sizes (whole numbers; width a multiple "
+                        "of head_width)") from e
             if ckpt is None:
                 model_id = f"{name}@random-init:seed={seed}:cfg={config_digest(cfg)}"
             else:

@@ -174,7 +174,7 @@ def open_pool(path: str | Path, model_id: str | None = None, *,
     reads every activation once (chunked) and refuses a pool with a NaN or inf value, naming
     the rows, so that nothing is ever scored or fitted on them.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # checks and reads see the same folder
     manifest = read_manifest(path)
     mfile = path / layout.MANIFEST
     status = _field(manifest, mfile, "status")
@@ -187,21 +187,31 @@ def open_pool(path: str | Path, model_id: str | None = None, *,
                         f"expected {model_id!r}")
     dims = {k: _field(manifest, mfile, "dims", k) for k in ("image_act", "text_act", "embed")}
     dims["residual"] = _field(manifest, mfile, "dims", "residual")
+    for key, value in dims.items():
+        if (value is not None or key != "residual") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PoolError(f"{mfile}: field 'dims.{key}' is {value!r:.60}, expected a whole "
+                            "number > 0" + (" or null" if key == "residual" else ""))
     dtype = _field(manifest, mfile, "dtype")
     if dtype != layout.DTYPE:
         raise PoolError(f"{mfile}: field 'dtype' is {dtype!r}, expected {layout.DTYPE!r}")
     counts = _field(manifest, mfile, "counts")
     shards = _field(manifest, mfile, "shards")
     arrays = _field(manifest, mfile, "arrays")
+    _check_shards(shards, mfile)
     if len(shards) != _field(manifest, mfile, "counts", "shards"):
         raise PoolError(f"{mfile}: field 'counts.shards' is {counts['shards']} but "
                         f"'shards' lists {len(shards)}")
-    rows = sum(int(s["rows"]) for s in shards)
+    rows = sum(s["rows"] for s in shards)
     if rows != _field(manifest, mfile, "counts", "items"):
         raise PoolError(f"{mfile}: field 'counts.items' is {counts['items']} but the shards "
                         f"hold {rows} rows")
 
     items = _read_table(path / layout.ITEMS, counts["items"], "counts.items", mfile)
+    missing = [c for c in layout.ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise PoolError(f"{path / layout.ITEMS} lacks the column(s) {missing}; a pool's item "
+                        f"table has {layout.ITEM_COLUMNS}: the pool is damaged, embed it again")
     failures = _read_table(path / layout.FAILURES, _field(manifest, mfile, "counts", "failures"),
                            "counts.failures", mfile)
 
@@ -241,7 +251,8 @@ def open_pool(path: str | Path, model_id: str | None = None, *,
     try:
         text_act = np.load(text_file).astype(np.float32, copy=False)
     except (OSError, ValueError, EOFError) as e:
-        raise PoolError(f"{text_file} is not a readable .npy file ({e})") from e
+        raise PoolError(f"{text_file} is not a readable .npy file (damaged or truncated); "
+                        "embed the pool again") from e
     if not np.isfinite(text_act).all():
         raise PoolError(f"{text_file}: the class text activations contain NaN or inf")
     n_classes = len(_field(manifest, mfile, "classnames"))
@@ -267,7 +278,7 @@ def _load_shard(file: Path) -> np.ndarray:
     try:
         return np.load(file, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:  # truncated or not an .npy file
-        raise PoolError(f"{file} is not a readable .npy shard ({e}); the pool is damaged: "
+        raise PoolError(f"{file} is not a readable .npy shard (damaged or truncated): "
                         "delete the shard and its shards/shard-NNNNN.json marker, then re-run "
                         "the same `activevlm embed` command to redo it") from e
 
@@ -285,14 +296,27 @@ def _check_finite(arr: ShardedArray, kind: str, items: pd.DataFrame, path: Path,
                         "or remove them from the dataset")
 
 
+def _check_shards(shards, mfile: Path) -> None:
+    """``shards`` is a list of ``{"index": int >= 0, "rows": int >= 0}``; else a
+    :class:`PoolError` naming the entry, the field and the value."""
+    if not isinstance(shards, list):
+        raise PoolError(f"{mfile}: field 'shards' is {shards!r:.60}, expected a list")
+    for i, s in enumerate(shards):
+        for key in ("index", "rows"):
+            value = s.get(key) if isinstance(s, dict) else None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PoolError(f"{mfile}: field 'shards[{i}].{key}' is {value!r:.60}, "
+                                "expected a whole number >= 0")
+
+
 def _read_table(file: Path, expected: int, field: str, mfile: Path) -> pd.DataFrame:
     if not file.exists():
         raise PoolError(f"table missing: {file}")
     try:
         df = pd.read_parquet(file)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a damaged file
-        raise PoolError(f"{file} is not a readable Parquet table ({type(e).__name__}: "
-                        f"{e})") from e
+        raise PoolError(f"{file} is not a readable Parquet table (damaged or truncated); "
+                        "embed the pool again") from e
     if len(df) != expected:
         raise PoolError(f"{file} has {len(df)} rows but {mfile} field {field!r} says {expected}")
     return df

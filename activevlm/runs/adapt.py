@@ -66,8 +66,8 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
     None holds out ``finetune.val_fraction`` of the run's labels. Writes ``run/head.*`` and,
     when ``base`` is given, ``run/posterior/`` (the refit of ``base``, tempered to the new head
     when ``refit_config.calibrate``: :mod:`activevlm.finetune.calibration`, its record under
-    ``data_description["calibration"]``; mode "none" keeps ``base``). Deterministic for a
-    given set of labels and config.
+    ``data_description["calibration"]``; mode "none" keeps ``base``), both or neither.
+    Deterministic for a given set of labels and config.
     """
     start = time.perf_counter()
     rows, labels = labelled_rows(pool, state)
@@ -87,7 +87,6 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
     y = torch.from_numpy(labels)
     result = finetune_head(pool.head, act, y, pool.text_activations,
                            residual=res, val=val, config=finetune, progress=progress)
-    result.head.save(state.dir.head)
     post = None
     if base is not None:
         cfg = refit_config or RefitConfig()
@@ -105,5 +104,9 @@ def adapt_run(pool, state: RunState, *, finetune: FinetuneConfig | None = None,
                                        seed=(finetune or FinetuneConfig()).seed)
             post = tempered(post, cal.tau)
             post.data_description["calibration"] = cal.to_dict()
-        save_posterior(post, state.dir.posterior)
+    # the head's files are renamed into place only once the posterior is: a failed write
+    # (full disk) leaves the old head with the old posterior
+    with result.head.saving(state.dir.head):
+        if post is not None:
+            save_posterior(post, state.dir.posterior)
     return AdaptResult(result.head, post, result, len(rows), time.perf_counter() - start)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from activevlm.bayes.posterior import BayesVLMPosterior, PosteriorError
+from activevlm.runs.queue import pool_image_root
 from activevlm.utils.errors import ConfigError
 
 
@@ -33,6 +35,18 @@ def check_split(pool, split: str | None, option: str) -> None:
     if split not in splits:
         raise ConfigError(f"{option} {split!r} is not a split of pool {pool.path}; its "
                           f"splits are {splits} (or 'all')")
+
+
+def check_document_root(pool, root: str | Path | None) -> None:
+    """The pool's images must lie below the Label Studio document ``root`` (None: the
+    default, which they do); else :class:`ConfigError`."""
+    if root is None:
+        return
+    images = pool_image_root(pool)
+    rel = os.path.relpath(os.path.abspath(images), os.path.abspath(root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ConfigError(f"--labelstudio-root {root}: the images of pool {pool.path} lie in "
+                          f"{images}, outside that document root; name a folder above them")
 
 
 def check_posterior(posterior: str | Path | None, pool) -> None:

@@ -19,6 +19,7 @@ The whole file is validated before anything is applied, so a bad file changes no
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from activevlm.data.prompts import clean_classname
 from activevlm.runs.errors import LabelFileError
 from activevlm.runs.lock import writes_run
 from activevlm.runs.state import RunState
+from activevlm.utils.io import read_json
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,16 @@ def _text(value) -> str:
 def _read_csv(path: Path) -> list[Annotation]:
     """Our ``sample_id,label[,skipped]`` CSV or Label Studio's CSV export (one row per
     annotation, more columns); an empty label is an unannotated item unless ``skipped`` is
-    true (1/yes), which marks a skip."""
+    true (1/yes), which marks a skip. Every row must have as many fields as the header."""
+    check_csv_fields(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as e:
         raise LabelFileError(f"{path}: the file is empty; a label CSV needs the header "
                              "sample_id,label and one row per annotation") from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: not a readable CSV ({e})") from e
+    except pd.errors.ParserError as e:
+        raise LabelFileError(f"{path}: not a readable CSV (unbalanced quotes?); a label CSV "
+                             "has the header sample_id,label and one row per annotation") from e
     missing = {"sample_id", "label"} - set(df.columns)
     if missing:
         raise LabelFileError(f"{path}: CSV needs the columns sample_id,label (Label Studio's CSV "
@@ -85,6 +89,30 @@ def _read_csv(path: Path) -> list[Annotation]:
         if label or skip:
             out.append(Annotation(sid, label or None, _text(who) or None))
     return out
+
+
+def check_csv_fields(path: Path) -> None:
+    """Raise :class:`LabelFileError` naming the line when a row has more or fewer fields
+    than the header (a trailing comma shifts every column: pandas would silently take the
+    first one as an index); blank lines are allowed."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            for row in reader:
+                if row and len(row) != len(header):
+                    extra = " (a trailing comma?)" if row[-1] == "" else ""
+                    raise LabelFileError(
+                        f"{path}: line {reader.line_num} has {len(row)} fields but the header "
+                        f"{','.join(header)} has {len(header)}{extra}; give every row the "
+                        "header's columns")
+    except UnicodeDecodeError as e:
+        raise LabelFileError(f"{path}: not a UTF-8 text file (byte {e.start} cannot be "
+                             "read); a label CSV is UTF-8 text") from e
+    except csv.Error as e:
+        raise LabelFileError(f"{path}: not a readable CSV near line {reader.line_num}; a "
+                             "label CSV has the header sample_id,label and one row per "
+                             "annotation") from e
 
 
 def _choice(result: list) -> str | None:
@@ -166,9 +194,17 @@ def _from_json_min(path: Path, records: list) -> list[Annotation]:
                              f"(was it queued by activevlm?)")
         label = rec.get("label")
         if isinstance(label, dict):  # a choices value kept as a dict
-            label = (label.get("choices") or [None])[0]
+            if not isinstance(label.get("choices"), list):
+                raise LabelFileError(
+                    f"{path}: record #{i} ({rec['sample_id']!r}): field 'label' is "
+                    f"{json.dumps(label)[:60]}, an object without a 'choices' list; expected "
+                    "a class name, a list of them or {\"choices\": [name]}")
+            label = label["choices"]
         if isinstance(label, list):
             label = label[0] if label else None
+        if isinstance(label, bool) or not isinstance(label, str | int | None):
+            raise LabelFileError(f"{path}: record #{i} ({rec['sample_id']!r}): field 'label' "
+                                 f"holds {json.dumps(label)[:60]}; expected a class name or id")
         if _text(label):
             out.append(Annotation(str(rec["sample_id"]), _text(label),
                                   _text(rec.get("annotator")) or None))
@@ -177,9 +213,9 @@ def _from_json_min(path: Path, records: list) -> list[Annotation]:
 
 def _read_json(path: Path) -> list[Annotation]:
     try:
-        records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LabelFileError(f"{path}: not a valid Label Studio JSON export ({e})") from e
+        records = read_json(path)
+    except ValueError as e:
+        raise LabelFileError(f"{e}; expected a Label Studio JSON or JSON-MIN export") from e
     if not isinstance(records, list):
         raise LabelFileError(f"{path}: a Label Studio export is a JSON list of tasks (JSON) or "
                              f"of flat records (JSON-MIN), found {_kind(records)}")
@@ -194,7 +230,7 @@ def _read_json(path: Path) -> list[Annotation]:
 
 def read_annotations(path: str | Path) -> list[Annotation]:
     """Every annotation in a ``.csv`` or ``.json`` label file, unresolved."""
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_file():
         raise LabelFileError(f"label file not found: {path}")
     if path.suffix.lower() == ".csv":

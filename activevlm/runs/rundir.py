@@ -24,6 +24,7 @@ from pathlib import Path
 from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.bayes.posterior import BayesVLMPosterior, PosteriorError, posterior_complete
 from activevlm.models.head import ProjectionHead
+from activevlm.runs.errors import RunError
 from activevlm.runs.lock import writes_run
 from activevlm.utils.io import atomic_replace_dir, recover_dir
 
@@ -32,12 +33,13 @@ POSTERIOR_META = "posterior.json"
 
 @dataclass(frozen=True)
 class RunDir:
-    """The files of the run at ``path`` (nothing is created until written)."""
+    """The files of the run at ``path``, resolved (``..``, symlinks) so that every check and
+    write sees the same folder; nothing is created until written."""
 
     path: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", Path(self.path).resolve())
 
     @property
     def state(self) -> Path:
@@ -90,10 +92,22 @@ class RunDir:
         return self.round(index) / "failure.json"
 
     def load_head(self, pool=None) -> ProjectionHead | None:
-        """The run's fine-tuned head, or ``pool.head`` (None without a pool) before any."""
-        if self.head.with_suffix(".json").exists():
-            return ProjectionHead.load(self.head)
-        return None if pool is None else pool.head
+        """The run's fine-tuned head, or ``pool.head`` (None without a pool) before any; a
+        head whose sizes differ from the pool's is refused naming the file and the sizes."""
+        if not self.head.with_suffix(".json").exists():
+            return None if pool is None else pool.head
+        head = ProjectionHead.load(self.head)
+        if pool is not None:
+            mine = (head.image_dim, head.text_dim, head.embed_dim)
+            want = (pool.head.image_dim, pool.head.text_dim, pool.head.embed_dim)
+            if mine != want:
+                raise RunError(
+                    f"{self.head}.safetensors: the run's fine-tuned head maps image/text "
+                    f"activations of {mine[0]}/{mine[1]} dims to {mine[2]}-dim embeddings, "
+                    f"but pool {pool.path} has {want[0]}/{want[1]} and {want[2]}; it belongs "
+                    "to another pool or model: move it away (or run `activevlm finetune` "
+                    "again) to continue")
+        return head
 
     def has_posterior(self, base: bool = False) -> bool:
         return ((self.base_posterior if base else self.posterior) / POSTERIOR_META).exists()

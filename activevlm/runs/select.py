@@ -5,6 +5,7 @@ The library behind ``activevlm select``; a notebook calls :func:`select_round` d
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from activevlm.runs.config import SelectConfig
 from activevlm.runs.lock import writes_run
 from activevlm.runs.queue import LabelStudioOptions, default_document_root, write_queue
 from activevlm.runs.state import RunState
-from activevlm.utils.io import atomic_write_parquet
+from activevlm.utils.io import atomic_write_parquet, staged_dir
 
 NEARLY_UNTARGETED = 0.5
 """A neighbourhood above this share of the candidates makes targeted selection nearly
@@ -123,8 +124,8 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
     ``failure_prob [N]`` (pool rows) feeds the ViLU strategies. ``labelstudio``: image
     root and pre-annotations of the Label Studio tasks (``runs.queue``). Writes
     ``round_NNN/{queue.parquet,queue.csv,queue.labelstudio.json,labelstudio_config.xml,
-    scores.parquet}`` and then
-    ``state.json``; an interrupted round leaves the state untouched and the same seed
+    scores.parquet}`` (staged, then moved in) and then ``state.json``; a failed write leaves
+    the run as it was, an interrupted round leaves the state untouched and the same seed
     reproduces it.
     """
     start = time.perf_counter()
@@ -181,12 +182,17 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
         "predicted_prob": probs.max(1).astype(float),
     })
     document_root = labelstudio.document_root or default_document_root(pool)
-    paths = write_queue(state.dir.round(round_index), queue, pool.classnames, document_root,
-                        predictions=labelstudio.predictions)
-    paths["scores"] = state.dir.scores(round_index)
-    atomic_write_parquet(paths["scores"], pd.DataFrame(
-        {"sample_id": ids[selection.scored_rows],
-         "score": np.asarray(selection.scores_all, dtype=float)}))
+    folder = state.dir.round(round_index)
+    new_folder = not folder.exists()  # the loop writes failure.json into it first
+    with staged_dir(folder) as stage:  # a failed write leaves nothing in the run
+        paths = write_queue(stage, queue, pool.classnames, document_root,
+                            predictions=labelstudio.predictions)
+        paths["scores"] = stage / state.dir.scores(round_index).name
+        atomic_write_parquet(paths["scores"], pd.DataFrame(
+            {"sample_id": ids[selection.scored_rows],
+             "score": np.asarray(selection.scores_all, dtype=float)}))
+    paths = {kind: folder / path.name for kind, path in paths.items()}
+    queued, rounds = dict(state.queued), list(state.rounds)
     for sid in queue["sample_id"]:
         state.queued[sid] = round_index
     state.rounds.append({**asdict(config), "strategy": strategy.name,
@@ -195,7 +201,16 @@ def select_round(pool, state: RunState, config: SelectConfig, *, posterior=None,
                          "round_seed": round_seed,
                          "seconds": round(time.perf_counter() - start, 2),
                          "queue": str(paths["parquet"])})
-    state.save()
+    try:
+        state.save()
+    except Exception:  # the run stays as it was: no round, no queued items
+        state.queued, state.rounds = queued, rounds
+        if new_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:  # the loop's failure.json stays
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+        raise
     neighbourhood = (min(int(np.ceil(strategy.neighbourhood * config.budget)), len(candidates))
                      if strategy.targeted else None)
     return SelectionResult(queue, round_index, paths, strategy,

@@ -35,6 +35,12 @@ class RunState:
     config: dict = field(default_factory=dict)
     pool_checksum: str | None = None
 
+    def __post_init__(self) -> None:
+        # resolved once, so the existence checks and the writes see the same folder (an
+        # unresolved ``x/../run`` with ``x`` missing does not exist, yet a write's mkdir
+        # would create ``x`` and overwrite ``run``)
+        self.path = Path(self.path).resolve()
+
     @property
     def round(self) -> int:
         """Number of completed selection rounds (the next round's index)."""
@@ -56,7 +62,7 @@ class RunState:
     def create(cls, path: str | Path, pool: str, model_id: str, classnames: list[str],
                config: dict | None = None, pool_checksum: str | None = None) -> RunState:
         """A new, empty run at ``path`` (written immediately); ``pool`` is stored absolute."""
-        path = Path(path)
+        path = Path(path).resolve()
         if (path / STATE_FILE).exists():
             raise FileExistsError(f"{path / STATE_FILE} already exists; open it with RunState.load")
         state = cls(path, str(Path(pool).absolute()), model_id, list(classnames),
@@ -68,7 +74,7 @@ class RunState:
     def load(cls, path: str | Path) -> RunState:
         """Read ``path/state.json``; a malformed file raises :class:`RunError` naming the
         field and value."""
-        path = Path(path)
+        path = Path(path).resolve()
         file = path / STATE_FILE
         if not file.exists():
             raise RunNotFoundError(f"no run at {path}: {file} is missing")
@@ -91,7 +97,8 @@ class RunState:
                        classnames: list[str], config: dict | None = None,
                        pool_checksum: str | None = None) -> RunState:
         """Resume the run at ``path`` if there is one (checking it is for the same model)."""
-        if (Path(path) / STATE_FILE).exists():
+        path = Path(path).resolve()
+        if (path / STATE_FILE).exists():
             state = cls.load(path)
             if state.model_id != model_id:
                 raise RunError(

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file, a crash never loses the old one.
 
 Files are written to a temporary sibling and renamed into place; folders (a posterior) are
-written to a staging sibling and swapped in (:func:`atomic_replace_dir`), and
+written to a staging sibling and swapped in (:func:`atomic_replace_dir`) or, when files
+are added to a folder (a selection round), moved in (:func:`staged_dir`), and
 :func:`recover_dir` completes or rolls back a swap that a kill interrupted. A write that the
 file system refuses (full disk, read-only or forbidden directory) raises
 :class:`~activevlm.utils.errors.StorageError` naming the file, with the old file untouched.
@@ -15,6 +16,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -39,9 +41,21 @@ _HINTS = {
 
 def storage_error(path: Path, err: OSError, action: str = "write") -> StorageError:
     """One paragraph for an OSError met while writing ``path``; the old file is unchanged."""
-    why = _HINTS.get(err.errno, err.strerror or str(err))
-    return StorageError(f"cannot {action} {path}: {why} ({type(err).__name__}: {err}); "
-                        "nothing was replaced, the existing files are as they were")
+    why = _HINTS.get(err.errno, (err.strerror or "the file system refused it").lower())
+    return StorageError(f"cannot {action} {path}: {why}; nothing was replaced, the existing "
+                        "files are as they were")
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """``err`` as an ``OSError`` when it is one or a library's wrapping of one (safetensors
+    reports a full disk as ``SafetensorError: ... Os { code: 28, ... }``), else None."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"\bOs \{ code: (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def _flush(tmp: Path) -> None:
@@ -75,8 +89,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         except StorageError:
             raise
-        except OSError as e:
-            raise storage_error(path, e) from e
+        except Exception as e:
+            if (os_err := os_error_of(e)) is None:
+                raise
+            raise storage_error(path, os_err) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -114,10 +130,39 @@ def atomic_replace_dir(folder: str | Path, write: Callable[[Path], None]) -> Non
     except StorageError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise storage_error(folder, e) from e
+        if (os_err := os_error_of(e)) is None:
+            raise
+        raise storage_error(folder, os_err) from e
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(folder: str | Path) -> Iterator[Path]:
+    """Yield a fresh staging folder next to ``folder`` to write into; when the block succeeds
+    it is published by renames only: renamed to ``folder`` when that is missing, else each
+    staged file replaces its namesake in ``folder`` (other files there stay). When the block
+    fails, the staging folder is deleted and ``folder`` is as it was. Staging folders a kill
+    left (``.<name>.<id>.stage``) are deleted first: the caller holds the writer lock."""
+    folder = Path(folder)
+    for left in folder.parent.glob(f".{folder.name}.*.stage"):
+        shutil.rmtree(left, ignore_errors=True)
+    stage = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.stage")
+    try:
+        stage.mkdir(parents=True)
+        yield stage
+        if folder.exists():
+            for p in sorted(stage.iterdir()):
+                os.replace(p, folder / p.name)
+        else:
+            stage.rename(folder)
+    except StorageError:
+        raise
+    except OSError as e:
+        raise storage_error(folder, e) from e
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def recover_dir(folder: str | Path, complete: Callable[[Path], bool] | None = None, *,
@@ -160,8 +205,14 @@ def read_json(path: str | Path):
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg.lower()} at line {e.lineno}, "
+                         f"column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: not UTF-8 text (byte {e.start})") from e
+    except RecursionError as e:  # json nests one Python frame per level
+        raise ValueError(f"{path} is not usable JSON: its lists or objects are nested too "
+                         "deeply (thousands of levels)") from e
 
 
 def finite_or_null(obj):

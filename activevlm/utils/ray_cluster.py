@@ -31,8 +31,9 @@ def import_ray() -> ModuleType:
         import ray.data  # noqa: F401  (the pipelines' engine)
     except ImportError as e:
         raise RayUnavailableError(
-            f"Ray is not installed ({e}); install the 'ray' extra (pip install -e \".[ray]\", "
-            "which scripts/setup.sh does) or run without --ray") from None
+            f"Ray is not installed (module {e.name!r} is missing); install the 'ray' extra "
+            "(pip install -e \".[ray]\", which scripts/setup.sh does) or run without --ray"
+        ) from e
     return ray
 
 
@@ -55,8 +56,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
                      log_to_driver=False)
         except (ConnectionError, RuntimeError) as e:
             where = "a local Ray" if address is None else f"the Ray cluster at {address!r}"
-            raise RayUnavailableError(f"could not start or join {where}: "
-                                      f"{' '.join(str(e).split())}") from None
+            raise RayUnavailableError(f"could not start or join {where} (see --debug for "
+                                      "Ray's own message)") from e
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
@@ -73,9 +74,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else "connection refused"
         raise RayUnavailableError(
-            f"no Ray cluster answers at {address!r} ({e}); start one with `ray start --head` "
-            "on that machine, or pass its address as printed there") from None
+            f"no Ray cluster answers at {address!r} ({why}); start one with `ray start "
+            "--head` on that machine, or pass its address as printed there") from e
 
 
 def actor_count(ray: ModuleType, *, num_cpus: float, num_gpus: float) -> int:
