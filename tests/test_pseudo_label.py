@@ -2,16 +2,19 @@
 against the explicit Newton step of the Laplace objective (autograd gradient, Kronecker
 precision as a dense matrix) and against the exact refit (Newton to convergence on the full
 Hessian), the covariance against §6, the updated draws against the conditioned matrix normal
-(Monte Carlo), and the pseudo-label batch rule on toy problems."""
+(Monte Carlo), and the pseudo-label batch rule on toy problems and through ``select``."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
 from activevlm.acquisition import (
+    BatchOptions,
     LabelConditioning,
     PathwiseConditioning,
     epig_scores,
@@ -20,9 +23,15 @@ from activevlm.acquisition import (
     pseudo_label_batch,
 )
 from activevlm.bayes import JointDraws
+from activevlm.bayes.from_pool import fit_pool_posterior
 from activevlm.bayes.posterior import BayesVLMPosterior, ModalityPosterior
+from activevlm.cli.main import app
+from activevlm.loop import LoopConfig
+from activevlm.runs import RunState, SelectConfig
+from activevlm.runs.select import select_round
 from tests.posterior_toy import toy_posterior
 from tests.test_conditioning import brute_gamma, column_covariance, rel_err
+from tests.toy import toy_pool
 
 F64 = torch.float64
 LOSSES = [(False, "infonce"), (True, "sigmoid")]  # (SigLIP head, loss)
@@ -362,3 +371,43 @@ def test_bad_input_is_one_clear_error(problem):
     state = LabelConditioning(post, draws, text_act, cand, branches=2)
     with pytest.raises(ValueError, match=r"labels must be \[2\]"):
         state.condition(0, torch.tensor([1]))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return toy_pool(tmp_path_factory.mktemp("toy"), domains=("photo", "sketch", "art"), per=10)
+
+
+@pytest.mark.parametrize("strategy", ["epig-targeted", "bald-targeted"])
+def test_rule_through_select(pool, tmp_path, strategy):
+    """``batch: {rule: pseudo-label}`` through ``select_round`` (``make_strategy``): 5 distinct
+    rows among the prefiltered best, the same queue twice."""
+    posterior = fit_pool_posterior(pool, split="train", progress=False)
+    config = SelectConfig(budget=5, strategy=strategy, target_domain="sketch", n_draws=10,
+                          batch=BatchOptions(rule="pseudo-label", prefilter=2,
+                                             pseudo_samples=3))
+    queues = [select_round(pool, RunState.create(tmp_path / name, str(pool.path),
+                                                 pool.model_id, pool.classnames),
+                           config, posterior=posterior, progress=False)
+              for name in ("a", "b")]
+    q = queues[0].queue
+    assert q["sample_id"].tolist() == queues[1].queue["sample_id"].tolist()
+    scores = pd.read_parquet(queues[0].paths["scores"]).set_index("sample_id")["score"]
+    shortlist = scores.sort_values(ascending=False, kind="stable").index[:10]
+    assert len(q) == 5 and q["sample_id"].is_unique and set(q["sample_id"]) <= set(shortlist)
+
+
+def test_option_parsing_cli_and_loop_config(pool, tmp_path):
+    cfg = LoopConfig.from_dict({"select": {"strategy": "epig", "batch": {
+        "rule": "pseudo-label", "pseudo_samples": 4}}})
+    assert cfg.select.batch.rule == "pseudo-label" and cfg.select.batch.pseudo_samples == 4
+    with pytest.raises(ValueError, match="needs strategy epig or bald, not 'margin'"):
+        SelectConfig(strategy="margin", batch=BatchOptions(rule="pseudo-label"))
+    with pytest.raises(ValueError, match="pseudo_samples"):
+        BatchOptions(rule="pseudo-label", pseudo_samples=0)
+    out = CliRunner().invoke(app, [
+        "select", "--pool", str(pool.path), "--run", str(tmp_path / "run"), "--budget", "4",
+        "--strategy", "bald", "--target", "sketch", "--draws", "10", "--batch",
+        "pseudo-label", "--pseudo-samples", "2", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert "queued 4 items" in out.output
