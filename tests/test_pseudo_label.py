@@ -344,6 +344,27 @@ def test_rule_takes_the_best_branch_averaged_score(problem, heuristic):
 
 
 @pytest.mark.parametrize("heuristic", ["epig", "bald"])
+def test_lazy_rule_equals_exact_rule_when_picks_teach_little(heuristic):
+    """test_greedy's lazy-equals-exact toy (text side uncertain, c·v ~ 0.06-3): a pseudo-label
+    moves the mean, so scores rise after a pick more than without labels; slack 1 swaps two
+    picks of 8 here, slack 1.1 takes the exact rule's batch, labels included, with < 0.75x
+    the evaluations (block 2)."""
+    post, text_act = toy_posterior(D=4, d_img=5, C=4, prior_precision=0.01, scale=3.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    cand, target = torch.randn(40, 5, generator=g), torch.randn(12, 5, generator=g)
+    kw = dict(heuristic=heuristic, target_act=target if heuristic == "epig" else None,
+              n_draws=500, pseudo_samples=2, device="cpu")
+    lazy = pseudo_label_batch(post, text_act, cand, 8, block=2, slack=1.1,
+                              generator=torch.Generator().manual_seed(4), **kw)
+    exact = pseudo_label_batch(post, text_act, cand, 8, lazy=False,
+                               generator=torch.Generator().manual_seed(4), **kw)
+    np.testing.assert_array_equal(lazy.positions, exact.positions)
+    np.testing.assert_array_equal(lazy.labels, exact.labels)
+    np.testing.assert_allclose(lazy.gains, exact.gains, rtol=1e-5)
+    assert lazy.evaluations < 0.75 * exact.evaluations
+
+
+@pytest.mark.parametrize("heuristic", ["epig", "bald"])
 def test_rule_returns_distinct_rows_deterministic_per_seed(problem, heuristic):
     post, text_act, cand, target = problem
     kw = dict(heuristic=heuristic, target_act=target if heuristic == "epig" else None,
