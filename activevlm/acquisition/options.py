@@ -13,7 +13,7 @@ from enum import StrEnum
 from activevlm.utils.constraints import Interval, check_constraints
 
 TARGETED, UNTARGETED = "-targeted", "-untargeted"
-DEFAULT_PSEUDO_SAMPLES = 2  # why: activevlm.acquisition.pseudo_label
+DEFAULT_PSEUDO_SAMPLES = 4  # why: activevlm.acquisition.pseudo_label
 
 
 class BatchRule(StrEnum):
