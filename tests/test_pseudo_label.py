@@ -344,7 +344,7 @@ def test_rule_takes_the_best_branch_averaged_score(problem, heuristic):
 
 
 @pytest.mark.parametrize("heuristic", ["epig", "bald"])
-def test_lazy_rule_equals_exact_rule_when_picks_teach_little(heuristic):
+def test_lazy_rule_with_slack_equals_exact_rule(heuristic):
     """test_greedy's lazy-equals-exact toy (text side uncertain, c·v ~ 0.06-3): a pseudo-label
     moves the mean, so scores rise after a pick more than without labels; slack 1 swaps two
     picks of 8 here, slack 1.1 takes the exact rule's batch, labels included, with < 0.75x
