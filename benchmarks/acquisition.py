@@ -18,9 +18,10 @@ Greedy batch rule (``--greedy epig,bald``): a KFAC posterior is fitted (labels m
 evidence) on the first 4096 pool rows; K draws score the whole pool once as ``select`` does
 (the one-pass score: joint draws for EPIG, per-input draws for BALD), the best
 ``prefilter x budget`` rows are the candidates, and ``greedy_batch`` picks ``budget`` of them
-with label-free conditioning (EPIG against ``--greedy-targets`` of the M targets). The table
-gives the one-pass time, the greedy phase, and their ratio: greedy total = one-pass + greedy
-phase.
+with label-free conditioning (EPIG against ``--greedy-targets`` of the M targets), then
+``pseudo_label_batch`` with each ``--pseudo-samples`` S (labels sampled per pick, S branches)
+picks ``budget`` of the same candidates. The table gives the one-pass time, each rule's batch
+phase, and their ratio: total = one-pass + batch phase.
 
 EPIG kernel (``--only kernel``): the square fp32 GEMM floor of this machine (2048³, best of 3)
 and ``epig_scores`` on ``--kernel-n`` pool items x M targets of real draw probabilities, in
@@ -37,7 +38,8 @@ statistics between joint draws of two seeds (the Monte Carlo noise floor at this
 
     python benchmarks/acquisition.py                       # full size (hours on 2 CPU cores)
     python benchmarks/acquisition.py --n 2000 --m 200      # quick
-    python benchmarks/acquisition.py --only greedy --greedy epig --n 10000   # greedy rule only
+    python benchmarks/acquisition.py --only greedy --greedy epig --n 10000   # greedy rules only
+    python benchmarks/acquisition.py --only greedy --greedy bald --pseudo-samples 1,2,4
     python benchmarks/acquisition.py --only kernel --threads 1
     python benchmarks/acquisition.py --only per-input --n 100000
 """
@@ -53,7 +55,13 @@ from functools import partial
 import numpy as np
 import torch
 
-from activevlm.acquisition import Heuristic, epig_scores, greedy_batch, score_pool
+from activevlm.acquisition import (
+    Heuristic,
+    epig_scores,
+    greedy_batch,
+    pseudo_label_batch,
+    score_pool,
+)
 from activevlm.acquisition.plogp import native_plogp
 from activevlm.bayes.draws import JointDraws
 from activevlm.bayes.marginal_draws import SCORING_CHUNK, MarginalDraws
@@ -265,11 +273,13 @@ def bench_per_input(args, head, text_act, pool) -> None:
 
 
 def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
-    """One-pass score of the pool vs the greedy batch rule on its prefiltered best rows."""
+    """One-pass score of the pool vs the greedy batch rules on its prefiltered best rows: the
+    label-free greedy rule and the pseudo-label rule with each ``--pseudo-samples`` S."""
     post = BayesVLMPosterior.fit(head, pool[:4096], text_act, mode="labels", device="cpu",
                                  progress=False)
     n_cand = min(args.n, int(np.ceil(args.prefilter * args.budget)))
     m_greedy = args.greedy_targets or args.m
+    samples = [int(s) for s in args.pseudo_samples.split(",") if s]
     rows = []
     for name in args.greedy.split(","):
         is_epig = name == "epig"
@@ -284,35 +294,43 @@ def bench_greedy(args, head, text_act, pool, target) -> list[dict]:
                                 progress=False)
         del draws, tp
         cand = np.argsort(-scores, kind="stable")[:n_cand]
-        greedy: dict = {}
-        with peak_memory(greedy):
-            batch = greedy_batch(post, text_act, pool[cand], args.budget, heuristic=name,
-                                 target_act=target[:m_greedy] if is_epig else None,
-                                 n_draws=args.k, generator=torch.Generator().manual_seed(args.seed),
-                                 device="cpu")
-        cv = np.array([p.c * p.v for p in batch.picks])
-        rows.append({
-            "score": name, "one_wall": one["seconds"], "one_cpu": one["cpu"],
-            "one_peak": one["peak"], "g_wall": greedy["seconds"], "g_cpu": greedy["cpu"],
-            "g_peak": greedy["peak"], "evals": batch.evaluations, "cv": float(np.median(cv)),
-            "shared": len(set(cand[batch.positions].tolist()) & set(cand[:args.budget].tolist())),
-        })
-        print(f"{name}: one-pass {one['seconds']:.1f} s ({one['cpu']:.1f} cpu s), greedy phase "
-              f"{greedy['seconds']:.1f} s ({greedy['cpu']:.1f} cpu s)", flush=True)
-    print(f"\nGreedy batch rule: N={args.n} pool, budget {args.budget}, L={n_cand} candidates "
-          f"(prefilter {args.prefilter:g} x budget), M={m_greedy} targets in the greedy phase "
+        kw = dict(heuristic=name, target_act=target[:m_greedy] if is_epig else None,
+                  n_draws=args.k, device="cpu")
+        runs = [("greedy", partial(greedy_batch, **kw))]
+        runs += [(f"pseudo S={s}", partial(pseudo_label_batch, pseudo_samples=s, **kw))
+                 for s in samples]
+        for rule, fn in runs:
+            greedy: dict = {}
+            with peak_memory(greedy):
+                batch = fn(post, text_act, pool[cand], args.budget,
+                           generator=torch.Generator().manual_seed(args.seed))
+            cv = np.array([p.c * p.v for p in batch.picks])
+            rows.append({
+                "score": name, "rule": rule, "one_wall": one["seconds"], "one_cpu": one["cpu"],
+                "one_peak": one["peak"], "g_wall": greedy["seconds"], "g_cpu": greedy["cpu"],
+                "g_peak": greedy["peak"], "evals": batch.evaluations, "cv": float(np.median(cv)),
+                "shared": len(set(cand[batch.positions].tolist())
+                              & set(cand[:args.budget].tolist())),
+            })
+            print(f"{name} {rule}: one-pass {one['seconds']:.1f} s ({one['cpu']:.1f} cpu s), "
+                  f"batch phase {greedy['seconds']:.1f} s ({greedy['cpu']:.1f} cpu s)",
+                  flush=True)
+    print(f"\nGreedy batch rules: N={args.n} pool, budget {args.budget}, L={n_cand} candidates "
+          f"(prefilter {args.prefilter:g} x budget), M={m_greedy} targets in the batch phase "
           f"(one-pass EPIG: M={args.m}), C={args.c}, K={args.k}, threads={args.threads}")
-    print("ratio = (one-pass + greedy phase) / one-pass; evals = candidate scorings in the "
-          "greedy phase; c·v = median over picks (a pick shrinks its own variance by "
-          "1/(1 + c·v)); shared = greedy picks also in the one-pass top-budget")
-    header = (f"{'score':<7}{'one-pass wall s':>16}{'cpu s':>9}{'MB':>7}{'greedy wall s':>15}"
-              f"{'cpu s':>9}{'MB':>7}{'ratio wall':>12}{'ratio cpu':>11}{'evals':>8}"
-              f"{'c·v':>10}{'shared':>8}")
+    print("ratio = (one-pass + batch phase) / one-pass; greedy = label-free conditioning, "
+          "pseudo S = conditioning on S sampled labels per pick (acquisition/pseudo_label.py); "
+          "evals = candidate scorings in the batch phase (each over all S branches); c·v = "
+          "median over picks (a pick shrinks its own variance by 1/(1 + c·v)); shared = picks "
+          "also in the one-pass top-budget")
+    header = (f"{'score':<7}{'rule':<12}{'one-pass wall s':>16}{'cpu s':>9}{'MB':>7}"
+              f"{'batch wall s':>14}{'cpu s':>9}{'MB':>7}{'ratio wall':>12}{'ratio cpu':>11}"
+              f"{'evals':>8}{'c·v':>10}{'shared':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['score']:<7}{r['one_wall']:>16.1f}{r['one_cpu']:>9.1f}"
-              f"{r['one_peak'] / 2**20:>7.0f}{r['g_wall']:>15.1f}{r['g_cpu']:>9.1f}"
+        print(f"{r['score']:<7}{r['rule']:<12}{r['one_wall']:>16.1f}{r['one_cpu']:>9.1f}"
+              f"{r['one_peak'] / 2**20:>7.0f}{r['g_wall']:>14.1f}{r['g_cpu']:>9.1f}"
               f"{r['g_peak'] / 2**20:>7.0f}{(r['one_wall'] + r['g_wall']) / r['one_wall']:>12.2f}"
               f"{(r['one_cpu'] + r['g_cpu']) / r['one_cpu']:>11.2f}{r['evals']:>8d}"
               f"{r['cv']:>10.2e}{r['shared']:>8d}")
@@ -348,6 +366,9 @@ def main() -> None:
                     help="greedy candidates = prefilter x budget best one-pass rows")
     ap.add_argument("--greedy-targets", type=int, default=None,
                     help="targets used in the greedy phase (default: all M)")
+    ap.add_argument("--pseudo-samples", default="2",
+                    help="comma list of S: also time the pseudo-label rule with S branches "
+                    "('' = not)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     head, img_w, txt_w, text_act, pool, target = make_problem(args)

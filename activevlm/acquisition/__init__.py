@@ -19,6 +19,8 @@ _EXPORTS = {
     **dict.fromkeys(["Heuristic", "get_heuristic", "list_heuristics", "register_heuristic"],
                     "heuristics"),
     "typical_greedy": "hybrid",
+    **dict.fromkeys(["LabelConditioning", "LabelPick", "PseudoLabelBatch", "label_gradient",
+                     "pseudo_label_batch"], "pseudo_label"),
     **dict.fromkeys(["STRATEGIES", "BatchOptions", "BatchRule", "Phase", "PhasedSpec",
                      "StrategySpec", "Weighting", "parse_strategy", "resolve_targeting"],
                     "options"),

@@ -13,6 +13,7 @@ from enum import StrEnum
 from activevlm.utils.constraints import Interval, check_constraints
 
 TARGETED, UNTARGETED = "-targeted", "-untargeted"
+DEFAULT_PSEUDO_SAMPLES = 4  # why: activevlm.acquisition.pseudo_label
 
 
 class BatchRule(StrEnum):
@@ -22,6 +23,7 @@ class BatchRule(StrEnum):
     STOCHASTIC = "stochastic"  # Kirsch et al. 2023: sample ∝ weight(score), no replacement
     DIVERSE = "diverse"  # best item of each k-means cluster of the best candidates
     GREEDY = "greedy"  # EPIG/BALD, posterior conditioned on each pick (MATH.md §6)
+    PSEUDO_LABEL = "pseudo-label"  # GREEDY, each pick with sampled labels too (MATH.md §7)
     TYPICAL = "typical"  # GREEDY over the typical point of each k-means cluster
     TYPICLUST = "typiclust"  # coverage: the typical point of uncovered clusters
     PROBCOVER = "probcover"  # coverage: greedy max coverage of δ-balls
@@ -34,7 +36,7 @@ class BatchRule(StrEnum):
     @property
     def conditions(self) -> bool:
         """Whether the rule conditions the posterior on its picks (EPIG/BALD only)."""
-        return self in (BatchRule.GREEDY, BatchRule.TYPICAL)
+        return self in (BatchRule.GREEDY, BatchRule.PSEUDO_LABEL, BatchRule.TYPICAL)
 
     @property
     def reads_scores(self) -> bool:
@@ -127,7 +129,9 @@ class BatchOptions:
     the diverse batch clusters the best ``prefilter × budget`` candidates;
     ``class_balanced``: walk the order round-robin over predicted classes, among the best
     ``balance_within × budget`` candidates only when set; ``dedup_similarity``: skip items
-    whose cosine similarity to a taken one exceeds it.
+    whose cosine similarity to a taken one exceeds it; ``pseudo_samples``: the pseudo-label
+    rule's branches S (sampled labels per pick; default and cost in
+    :mod:`activevlm.acquisition.pseudo_label`).
     """
 
     rule: BatchRule = BatchRule.TOPK
@@ -137,6 +141,7 @@ class BatchOptions:
     class_balanced: bool = False
     balance_within: float | None = None
     dedup_similarity: float | None = None
+    pseudo_samples: int = DEFAULT_PSEUDO_SAMPLES
 
     _constraints = {
         "rule": [BatchRule],
@@ -146,6 +151,7 @@ class BatchOptions:
         "class_balanced": [bool],
         "balance_within": [None, Interval(1, None)],
         "dedup_similarity": [None, Interval(-1, 1)],
+        "pseudo_samples": [Interval(1, None, integer=True)],
     }
 
     def __post_init__(self) -> None:

@@ -10,6 +10,9 @@ by branching on names):
 - ``greedy``: EPIG/BALD picks one at a time, the posterior conditioned on each pick without
   its label (:func:`.greedy.greedy_batch`), among the best ``prefilter × budget`` candidates of
   the one-pass score;
+- ``pseudo-label``: the same, each pick also conditioned on ``pseudo_samples`` labels sampled
+  from the posterior predictive, one per branch, the score averaged over the branches
+  (:func:`.pseudo_label.pseudo_label_batch`, MATH.md §7);
 - ``typical``: the same greedy rule over the most typical point of each k-means cluster
   (:func:`.hybrid.typical_greedy`);
 - ``typiclust`` / ``probcover``: coverage of the image embeddings, scores unused
@@ -33,6 +36,7 @@ from activevlm.acquisition.coverage import probcover, typiclust
 from activevlm.acquisition.greedy import greedy_batch
 from activevlm.acquisition.hybrid import typical_greedy
 from activevlm.acquisition.options import BatchOptions, BatchRule
+from activevlm.acquisition.pseudo_label import pseudo_label_batch
 from activevlm.acquisition.scoring import map_probs
 
 
@@ -83,15 +87,29 @@ def _greedy_kwargs(x: BatchInputs) -> dict:
     return kwargs
 
 
-def greedy(x: BatchInputs) -> np.ndarray:
-    """Greedy EPIG/BALD with label-free conditioning over the best ``⌈prefilter·budget⌉``
-    candidates by their one-pass score."""
-    p = x.problem
+def _shortlist(x: BatchInputs) -> np.ndarray:
+    """The best ``⌈prefilter·budget⌉`` candidates by their one-pass score, best first."""
     m = min(len(x.candidates), int(np.ceil(x.options.prefilter * x.budget)))
-    short = x.candidates[np.argsort(-x.scores, kind="stable")[:m]]
+    return x.candidates[np.argsort(-x.scores, kind="stable")[:m]]
+
+
+def greedy(x: BatchInputs) -> np.ndarray:
+    """Greedy EPIG/BALD with label-free conditioning over the shortlist."""
+    p, short = x.problem, _shortlist(x)
     act, res = p.pool.rows(short)
-    batch = greedy_batch(p.posterior, p.pool.text_activations, act, min(x.budget, m),
+    batch = greedy_batch(p.posterior, p.pool.text_activations, act, min(x.budget, len(short)),
                          cand_residual=res, **_greedy_kwargs(x))
+    return short[batch.positions]
+
+
+def pseudo_label(x: BatchInputs) -> np.ndarray:
+    """Greedy EPIG/BALD over the shortlist, conditioning each pick on
+    ``options.pseudo_samples`` sampled labels (one branch each)."""
+    p, short = x.problem, _shortlist(x)
+    act, res = p.pool.rows(short)
+    batch = pseudo_label_batch(p.posterior, p.pool.text_activations, act,
+                               min(x.budget, len(short)), cand_residual=res,
+                               pseudo_samples=x.options.pseudo_samples, **_greedy_kwargs(x))
     return short[batch.positions]
 
 
@@ -131,6 +149,7 @@ RULES: dict[BatchRule, Callable[[BatchInputs], np.ndarray]] = {
     BatchRule.STOCHASTIC: score_order,
     BatchRule.DIVERSE: score_order,
     BatchRule.GREEDY: greedy,
+    BatchRule.PSEUDO_LABEL: pseudo_label,
     BatchRule.TYPICAL: typical,
     BatchRule.TYPICLUST: _coverage(typiclust, options=lambda x: {}),
     BatchRule.PROBCOVER: _coverage(

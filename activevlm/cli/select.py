@@ -71,6 +71,9 @@ def select(
     dedup: float | None = typer.Option(_BATCH.dedup_similarity, "--dedup",
                                        help="Drop near-duplicates above this cosine "
                                        "similarity (-1..1)."),
+    pseudo_samples: int = typer.Option(_BATCH.pseudo_samples, "--pseudo-samples",
+                                       help="--batch pseudo-label: labels sampled per pick "
+                                       "(branches)."),
     epig_top_classes: int | None = typer.Option(
         _SELECT.epig_top_classes, "--epig-top-classes", help="EPIG over each input's top "
         "classes + 'other' (a lower bound; much faster for many classes)."),
@@ -108,7 +111,8 @@ def select(
         n_targets=n_targets, seed=seed, epig_top_classes=epig_top_classes,
         neighbourhood=neighbourhood, ray=ray, ray_address=ray_address,
         batch=BatchOptions(rule=batch, beta=beta, weighting=weighting,
-                           class_balanced=class_balanced, dedup_similarity=dedup))
+                           class_balanced=class_balanced, dedup_similarity=dedup,
+                           pseudo_samples=pseudo_samples))
     config.resolve(has_target=True)  # contradicting options fail before any work
     if config.uses_ray:
         _, targeted_now = config.resolve(has_target=target is not None)
