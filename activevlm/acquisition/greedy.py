@@ -26,10 +26,12 @@ the input's last scoring ``‖Δg_k‖ ≤ A_k = Σ_j |coef_j|·‖δ_{k,j}‖``
    softmax: ``Δ log p_c = Δl_c − Δ logsumexp``, so ``|Δ log p_{k,c}| ≤ max_c Δl_c −
    min_c Δl_c ≤ s·κ·χ(ρ_k) =: ε_k``, ``κ`` the largest distance between two class
    embeddings of one draw (≤ 2); normalised sigmoids (log-sigmoid is increasing and
-   1-Lipschitz): the same with ``κ = 2``. EPIG: ``E = max_k(ε_k + ε_{T,k})``, ``ε_{T,k}``
-   the targets' ε (largest over targets, summed over their per-pick scorings since the
-   candidate's); BALD: ``E = max_k ε_k``. Every joint ``p̂(y, y*)`` (EPIG) or ``p_k(y)/K``
-   (BALD, the joint of label and draw index) moves by a factor in ``[e^{−E}, e^{E}]``.
+   1-Lipschitz): the same with ``κ = 2``. EPIG: ``E = max_k(ε_k + ε_{T,k})``; the targets
+   are scored at every pick, so ``ε_{T,k}`` is their actual ``max |Δ log p_{k,c}|`` between
+   consecutive scorings (largest over targets), summed since the candidate's scoring (plus
+   the drift bound since the targets' last one); BALD: ``E = max_k ε_k``. Every joint
+   ``p̂(y, y*)`` (EPIG) or ``p_k(y)/K`` (BALD, the joint of label and draw index) moves by a
+   factor in ``[e^{−E}, e^{E}]``.
 3. Scores: both are a mutual information ``I = KL(z ‖ π)`` of a joint ``z`` and the product
    ``π`` of its marginals, and ``KL(z' ‖ π') ≤ KL(z' ‖ π)`` (the product of the marginals is
    the closest product), so ``I' ≤ I + Σ (z' − z)·log(z/π) + KL(z' ‖ z)``. With
@@ -55,12 +57,13 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from activevlm.acquisition.conditioning import PathwiseConditioning, Pick
 from activevlm.acquisition.epig import epig_scores
 from activevlm.acquisition.heuristics import get_heuristic
 from activevlm.bayes.draws import JointDraws
-from activevlm.models.links import link_for
+from activevlm.models.links import link_for, link_probs
 from activevlm.utils.device import resolve_device
 from activevlm.utils.tensors import to_tensor
 
@@ -105,7 +108,8 @@ class GreedyScorer:
         draws = state.draws
         self._targets = np.arange(n_cand, state.num_tracked)
         self._bald = get_heuristic("bald")
-        if link_for(draws) == "softmax":  # κ: the largest class-embedding distance of a draw
+        self._link = link_for(draws)
+        if self._link == "softmax":  # κ: the largest class-embedding distance of a draw
             h = draws.text_embeddings.double()
             cos = torch.matmul(h, h.transpose(1, 2)).amin()
             kappa = float((2.0 - 2.0 * cos).clamp_min(0.0).sqrt())
@@ -121,13 +125,29 @@ class GreedyScorer:
         self._target_eps = np.zeros(draws.num_draws)
         self._target_eps_at = np.zeros((n_cand, draws.num_draws) if self.is_epig else (0, 0))
         self._target_probs: torch.Tensor | None = None  # under the current state
+        self._target_log_probs: torch.Tensor | None = None  # at the targets' last scoring
 
     def _read(self, rows: np.ndarray) -> torch.Tensor:
-        """Class probabilities ``[K, n, C]`` of tracked ``rows``; restart their drift."""
+        """Logits ``[K, n, C]`` of tracked ``rows`` under the current state; restart their
+        drift."""
         emb = self.state.embeddings(torch.from_numpy(rows).to(self.state.mean.device))
         self._inv_norm[rows] = 1.0 / emb.norm(dim=2).double().T.cpu().numpy()
         self._drift[rows] = 0.0
-        return self.state.draws.probs_from_embeddings(emb)
+        return self.state.draws.logits_from_embeddings(emb)
+
+    def _read_targets(self) -> None:
+        """Target probabilities under the current state; the targets' ε since their last
+        scoring, taken exactly (``max |Δ log p|`` over targets and classes, per draw), joins
+        the sum."""
+        logits = self._read(self._targets)
+        # normalised sigmoids are the softmax of the log-sigmoids
+        log_p = torch.log_softmax(logits if self._link == "softmax" else F.logsigmoid(logits),
+                                  dim=-1)
+        if self._target_log_probs is not None:
+            change = (log_p - self._target_log_probs).abs().amax(dim=(1, 2))
+            self._target_eps += change.double().cpu().numpy()
+        self._target_log_probs = log_p
+        self._target_probs = link_probs(logits, self._link)
 
     def _eps(self, rows: np.ndarray) -> np.ndarray:
         """``ε_k`` ``[n, K]`` of tracked ``rows`` since their last scoring (steps 1-2)."""
@@ -135,11 +155,10 @@ class GreedyScorer:
 
     def evaluate(self, rows: np.ndarray) -> np.ndarray:
         """Score candidate ``rows`` (int64 ``[n]``) under the current state: ``[n]``."""
-        probs = self._read(rows)
+        probs = link_probs(self._read(rows), self._link)
         if self.is_epig:
             if self._target_probs is None:
-                self._target_eps += self._eps(self._targets).max(0)
-                self._target_probs = self._read(self._targets)
+                self._read_targets()
             s = epig_scores(probs, self._target_probs)
             self._target_eps_at[rows] = self._target_eps
         else:
