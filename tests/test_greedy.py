@@ -212,6 +212,31 @@ def test_lazy_greedy_is_exact_on_random_problems(heuristic, checked_rescores, on
     assert lazy_evals < exact_evals, (lazy_evals, exact_evals)
 
 
+def test_tightened_and_target_eps_are_the_actual_log_prob_changes(problem):
+    """EPIG's exact terms of ε: after 2 picks, ``tighten`` holds each candidate's largest
+    ``|Δ log p|`` per draw since its scoring, and the targets' running sum their change
+    since the first pick, both as recomputed from ``state.probs`` (the drift bound, which
+    they replace, lies above them)."""
+    post, text_act, cand, target = problem
+    draws = JointDraws.from_posterior(post, text_act, 64, torch.Generator().manual_seed(7),
+                                      device="cpu", dtype=torch.float64)
+    state = PathwiseConditioning(post, draws, text_act, torch.cat([cand, target]))
+    scorer = GreedyScorer(state, L, "epig")
+    rows, targets = np.arange(2, L), torch.arange(L, L + M)
+    scorer.evaluate(np.arange(L))
+    before, t_before = state.probs(torch.arange(L)).log(), state.probs(targets).log()
+    for pick in (0, 1):
+        scorer.condition(pick)
+    drift = scorer._eps(rows)
+    scorer.tighten(rows)
+    change = (state.probs(torch.from_numpy(rows)).log() - before[:, rows]).abs().amax(2).T
+    np.testing.assert_allclose(scorer._eps_seen[rows], change.numpy(), rtol=1e-9, atol=1e-12)
+    assert np.all(drift >= change.numpy())
+    scorer.evaluate(np.array([5]))  # reads the targets after the picks: one step of change
+    t_change = (state.probs(targets).log() - t_before).abs().amax(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(scorer._target_eps, t_change, rtol=1e-9, atol=1e-12)
+
+
 def test_chord_is_the_largest_turn():
     """``χ(ρ)`` bounds ``‖b̂ − â‖`` over ``‖b − a‖ <= ρ‖a‖`` and is reached at the tangent."""
     g = torch.Generator().manual_seed(0)
