@@ -22,9 +22,10 @@ from tests.test_conditioning import brute_gamma
 
 D_IMG, L, M = 8, 20, 12
 
-# scores within TIE_RTOL·|score| + TIE_ATOL tie: scores are differences of entropies of ~1 nat
-# from float32 probabilities, rounded at ~1e-7 nats whatever their size
-TIE_RTOL, TIE_ATOL = 1e-5, 1e-7
+# scores within TIE_RTOL·|score| + TIE_ATOL tie: scores are float32 differences of entropies of
+# ~1 nat, rounded at ~1e-7 nats whatever their size (measured on the random problems below:
+# the same pick's gain differs by up to 2.4e-7 between lazy and exact runs)
+TIE_RTOL, TIE_ATOL = 1e-5, 1e-6
 
 
 def assert_same_batch_up_to_ties(a, b, rtol: float = TIE_RTOL):

@@ -13,7 +13,7 @@ keeps an upper bound on its current score, only the ``block`` candidates with th
 bounds are re-scored, and the best fresh score is taken once it is at least every stale
 bound (strictly above those of lower positions). Lazy and exact (``lazy=False``) greedy
 therefore take the same batch up to the rounding of the scores: they can differ only where
-two scores tie within it (float32 draws: ~1e-7 nats).
+two scores tie within it (float32 scores: ~1e-7 nats).
 
 The bound. A pick moves draw k's embedding of an input by ``−coef_j·δ_{k,j}``
 (``coef_j = β_j·u_jᵀx̃``, ``δ_{k,j}`` the picked input's deviation, MATH.md §6), so since
