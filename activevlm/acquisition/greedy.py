@@ -50,7 +50,7 @@ candidate. The bound is a worst case over the direction of each move: on
 about 400-fold (the first-order changes of a mutual information largely cancel over draws and
 classes; a bound that sees only their size cannot), so lazy selection still re-scores a large
 part of the candidates at each pick. Measured there (N = 20000, M = 256, C = 65, K = 100, one
-thread): BALD, budget 500 (L = 2000), 396,160 scorings, 45 % of exact greedy's 877,750;
+thread): BALD, budget 500 (L = 2000), 396,160 scorings, 45 % of exact greedy's 875,250;
 EPIG, budget 100 (L = 400), 20,770, 59 % of 35,050. (The stale scores taken as bounds before
 needed about ``L + 16·budget`` but were no bound: EPIG scores rise up to 1.9x in one pick under
 strong conditioning.) tests/test_greedy.py checks the bound against every re-scoring of random
