@@ -32,8 +32,10 @@ times:
 
 1. score each remaining candidate in every branch (EPIG against the target draws of that
    branch, which move too; or BALD) and average over the ``S`` branches;
-2. take the best candidate not yet taken (lazily, as :mod:`.greedy` does: bounds from earlier
-   scores, ``block`` highest re-scored until the best is fresh; by default
+2. take the best candidate not yet taken (lazily: earlier scores times ``slack`` stand in for
+   bounds, the ``block`` highest re-scored until the best is fresh. Unlike :mod:`.greedy`'s
+   proven bound this is **not** a bound — a moving mean can raise a score — so the lazy rule
+   can differ from ``lazy=False``; by default
    ``block = ⌈16 / S⌉``, so that a round of re-scoring costs what greedy's 16 rows do, since
    a row is scored in every branch; measured at N = 10⁵ each pick still took one round);
 3. in each branch ``s``, sample the pick's label ``y_s ~ p̄_s(y | x_pick)``, the branch's
