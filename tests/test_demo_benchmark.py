@@ -55,15 +55,16 @@ def test_the_default_command_queues_what_the_scores_choose(cache, monkeypatch, s
 
 @pytest.mark.slow
 def test_after_round_zero_the_default_queue_follows_the_posterior_margin(cache, monkeypatch):
-    """Round 0 of `select --budget 500` is in the coverage phase; once its 500 labels are in
-    (20 per class), the default is in the uncertainty phase and reversing the scores changes
-    its queue."""
+    """Round 0 of `select --budget 500` (the default, `auto`) is in the coverage phase; once
+    its 500 labels are in (20 per class), it is in the uncertainty phase and reversing the
+    scores changes its queue."""
     from activevlm.demo.pool import demo_pool
     from activevlm.loop import answer_queue
     from activevlm.runs import RunState
 
+    assert SelectConfig.strategy == "auto"
     config = SelectConfig(n_draws=20)
-    run = cache / "select-default"
+    run = cache / "select-auto"
     first, _ = run_select(config, run=run, progress=False, log=lambda *a: None)
     assert first.phase == "coverage" and first.neighbourhood == 5000
     assert first.nearly_untargeted  # 5,000 of the demo pool's 6,400 candidates
@@ -71,7 +72,7 @@ def test_after_round_zero_the_default_queue_follows_the_posterior_margin(cache, 
     queues, real = [], Strategy.score
     for sign in (1, -1):
         monkeypatch.setattr(Strategy, "score", lambda self, *a, s=sign: s * real(self, *a))
-        copy = cache / f"select-default-{sign}"
+        copy = cache / f"select-auto-{sign}"
         shutil.copytree(run, copy)
         result, _ = run_select(config, run=copy, progress=False, log=lambda *a: None)
         assert result.phase == "uncertainty" and len(result.queue) == 500

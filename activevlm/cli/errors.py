@@ -24,6 +24,13 @@ from activevlm.utils.errors import ActiveVLMError, ConfigError
 
 EXIT_USER_ERROR = 1
 DEBUG_ENV = "ACTIVEVLM_DEBUG"
+_debug = {"flag": False}  # --debug of the current invocation (reset by every invocation)
+
+
+def set_debug(flag: bool) -> None:
+    """Record this invocation's ``--debug`` (it must not leak into later invocations of the
+    same process, e.g. a notebook or a test calling the CLI twice)."""
+    _debug["flag"] = flag
 _PACKAGE = Path(activevlm.__file__).resolve().parent
 
 
@@ -67,7 +74,7 @@ def user_errors(command: Callable) -> Callable:
                 raise
             message = " ".join(str(e).split()) or type(e).__name__
             typer.echo(f"error: {message}", err=True)
-            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            if _debug["flag"] or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 cause = e.__cause__ or e.__context__
                 while cause is not None:
                     typer.echo(f"debug: {type(cause).__name__}: {cause}", err=True)

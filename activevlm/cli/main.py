@@ -9,7 +9,7 @@ import os
 
 import typer
 
-from activevlm.cli.errors import DEBUG_ENV, guard_commands
+from activevlm.cli.errors import guard_commands, set_debug
 
 # Pretrained tags must never hang on a hub lookup on offline machines; users with a network
 # can still export HF_HUB_OFFLINE=0.
@@ -27,8 +27,7 @@ app = typer.Typer(
 def _options(debug: bool = typer.Option(
         False, "--debug", help="After an error, also print the underlying library messages "
         "(the user paragraph leaves them out).")) -> None:
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    set_debug(debug)
 
 
 # --- command registration (one line per module) ---

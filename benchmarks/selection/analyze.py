@@ -182,9 +182,14 @@ def plot_differences(worlds: dict[str, pd.DataFrame], out: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(worlds), figsize=(6.5 * len(worlds), 6.2), squeeze=False)
+    cols = min(4, len(worlds))
+    n_rows = -(-len(worlds) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(6.0 * cols, 5.2 * n_rows + 1.2),
+                             squeeze=False)
+    for ax in axes.flat[len(worlds):]:
+        ax.axis("off")
     cmap = plt.get_cmap("tab20")
-    for ax, (world, df) in zip(axes[0], worlds.items(), strict=True):
+    for ax, (world, df) in zip(axes.flat, worlds.items(), strict=False):
         p = paired(df[df["n_labels"] > 0], baseline)
         seeds = df["seed"].nunique()
         targets = ", ".join(sorted(df["target"].unique()))
@@ -192,7 +197,7 @@ def plot_differences(worlds: dict[str, pd.DataFrame], out: Path,
             g = rows.groupby("n_labels")["diff"]
             mean, se = g.mean(), g.apply(_se)
             style = "--" if strategy.endswith("untargeted") else "-"
-            ax.errorbar(mean.index + (i - 7) * 0.4, mean, yerr=se, label=strategy,
+            ax.errorbar(mean.index * (1 + (i - 7) * 0.012), mean, yerr=se, label=strategy,
                         color=cmap(i % 20), linestyle=style, marker="o", ms=3, capsize=2)
         ax.axhline(0, color="black", lw=0.8)
         ax.set(title=f"{world}, targets {targets}: test split, {seeds} seeds",
@@ -202,7 +207,7 @@ def plot_differences(worlds: dict[str, pd.DataFrame], out: Path,
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5)
     fig.suptitle(f"Accuracy minus {baseline}, mean ± se over seeds (and targets); "
                  "dashed: untargeted")
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.tight_layout(rect=(0, 0.08 / n_rows, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
