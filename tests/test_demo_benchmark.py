@@ -64,7 +64,7 @@ def test_after_round_zero_the_default_queue_follows_the_posterior_margin(cache, 
 
     assert SelectConfig.strategy == "auto"
     config = SelectConfig(n_draws=20)
-    run = cache / "select-auto"
+    run = cache / "two-rounds"
     first, _ = run_select(config, run=run, progress=False, log=lambda *a: None)
     assert first.phase == "coverage" and first.neighbourhood == 5000
     assert first.nearly_untargeted  # 5,000 of the demo pool's 6,400 candidates
@@ -72,7 +72,7 @@ def test_after_round_zero_the_default_queue_follows_the_posterior_margin(cache, 
     queues, real = [], Strategy.score
     for sign in (1, -1):
         monkeypatch.setattr(Strategy, "score", lambda self, *a, s=sign: s * real(self, *a))
-        copy = cache / f"select-auto-{sign}"
+        copy = cache / f"two-rounds-{sign}"
         shutil.copytree(run, copy)
         result, _ = run_select(config, run=copy, progress=False, log=lambda *a: None)
         assert result.phase == "uncertainty" and len(result.queue) == 500
