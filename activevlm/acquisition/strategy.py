@@ -107,7 +107,20 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class Strategy:
+class _Named:
+    """A strategy's registered ``name`` and its resolved targeting."""
+
+    name: str
+    targeted: bool
+
+    @property
+    def label(self) -> str:
+        """The name with its resolved targeting, e.g. ``"epig-targeted"``."""
+        return self.name + (TARGETED if self.targeted else UNTARGETED)
+
+
+@dataclass(frozen=True)
+class Strategy(_Named):
     """A named selection rule; build it with :func:`make_strategy`.
 
     Three steps, each a part of its own: the **candidates** (targeted: the
@@ -117,19 +130,12 @@ class Strategy:
     draws), and the **batch rule** (:class:`BatchOptions`).
     """
 
-    name: str
-    targeted: bool
     batch: BatchOptions = field(default_factory=BatchOptions)
     neighbourhood: float = 10.0
 
     @property
     def spec(self) -> StrategySpec:
         return STRATEGIES[self.name]
-
-    @property
-    def label(self) -> str:
-        """The name with its resolved targeting, e.g. ``"epig-targeted"``."""
-        return self.name + (TARGETED if self.targeted else UNTARGETED)
 
     @property
     def needs_target(self) -> bool:
@@ -218,12 +224,10 @@ class Strategy:
 
 
 @dataclass(frozen=True)
-class PhasedStrategy:
+class PhasedStrategy(_Named):
     """A regime-aware strategy (:class:`PhasedSpec`): ``early`` while the run is in its
     coverage phase, ``late`` afterwards; the same interface as :class:`Strategy`."""
 
-    name: str
-    targeted: bool
     early: Strategy
     late: Strategy
     neighbourhood: float = 10.0
@@ -231,10 +235,6 @@ class PhasedStrategy:
     @property
     def spec(self) -> PhasedSpec:
         return STRATEGIES[self.name]
-
-    @property
-    def label(self) -> str:
-        return self.name + (TARGETED if self.targeted else UNTARGETED)
 
     @property
     def needs_target(self) -> bool:
